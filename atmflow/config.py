@@ -30,34 +30,64 @@ def _float_list(value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-class RunConfig(BaseModel):
-    """Everything a run needs. Defaults are the embedded default run (PA-ATM, 10 x 1 epoch).
+# Settings that change what a client computes from a given message (not e.g. run-name or rounds).
+CLIENT_KEYS = ("train-size", "test-size", "val-fraction", "data-seed", "image-size", "head", "probe-shots",
+               "head-temperature", "seed", "precision", "model", "fashion-mnist-dir", "device")
+MERGE_METHODS = ("ta", "mean", "ties", "breadcrumbs", "dare", "tatr", "ties+tatr")
+STRATEGY_SHORTHANDS = {  # strategy -> (strategy, init, default merge)
+    "ta": ("oneshot", "pretrained", "ta"),
+    "pa-atm": ("atm", "pretrained", "mean"),
+    "ph-atm": ("atm", "ta", "mean"),
+}
 
-    Paper defaults kept here: ATM merge = unweighted mean of task vectors with alpha = 1
-    (paper 000, Eq. 5); Task Arithmetic lambda = 0.3 (Ilharco et al.); 10 epochs budget per task;
-    validation split = 10% of train (paper 001, Section 4). Learning rate 1e-4 is the measured
-    working value for MobileNetV2 (the papers' 1e-5 is for CLIP ViT-B/16).
+
+class RunConfig(BaseModel):
+    """Everything a run needs. Defaults are the embedded default run (PA-ATM, 10 rounds x 1 epoch).
+
+    Paper defaults kept here: the ATM merge step is the unweighted mean of the task vectors with
+    alpha = 1 (paper 000, Eq. 5); one-shot lambda chosen on validation from {0.1, ..., 1.0};
+    10 epochs budget per task; validation split = 10% of train (paper 001, Section 4); TIES k,
+    Breadcrumbs beta / gamma, DARE p as in paper 000 Section 5; TATR 1% trust fraction and 128
+    exemplars (paper 003). Learning rate 1e-4 is the measured working value for MobileNetV2
+    (the papers' 1e-5 is for CLIP ViT-B/16).
     """
 
     model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True)
 
-    # What runs
+    # What runs. strategy shorthands: ta = oneshot + ta; pa-atm = atm from the pretrained model;
+    # ph-atm = atm from the TA-merged model, fine-tuning on the validation splits.
     run_name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$")
     output_dir: str = "outputs"
-    strategy: Literal["ta", "pa-atm"] = "pa-atm"
+    strategy: Literal["oneshot", "atm", "ta", "pa-atm", "ph-atm"] = "atm"
     tasks: tuple[str, ...] = ("fashion-mnist", "mnist", "animal-mnist", "digits")
     seed: int = Field(0, ge=0)
     individual: bool = True
 
-    # Budget: every task fine-tunes `budget-epochs` epochs in total.
-    # TA spends them in one round; PA-ATM in budget-epochs / epochs-per-round rounds.
+    # Budget. oneshot: one round of budget-epochs. atm: `rounds` rounds of epochs-per-round epochs.
+    # The individual upper bound and PH-ATM's TA start fine-tune for budget-epochs.
     budget_epochs: int = Field(10, ge=1)
+    rounds: int = Field(10, ge=1)
     epochs_per_round: int = Field(1, ge=1)
+    init: Literal["pretrained", "ta"] = "pretrained"
+    init_checkpoint: str = ""  # PH-ATM from a merged encoder file (safetensors) instead of running TA
 
-    # Merging
-    ta_lambda: float = Field(0.3, gt=0)
-    ta_lambda_grid: tuple[float, ...] = ()
-    atm_alpha: float = Field(1.0, gt=0)
+    # Merging: the operator and its parameters (merge-lambda 0 = the operator's own default)
+    merge: Literal["", "ta", "mean", "ties", "breadcrumbs", "dare", "tatr", "ties+tatr"] = ""
+    merge_lambda: float = Field(0.0, ge=0)
+    lambda_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    ties_k: float = Field(0.2, gt=0, le=1)
+    breadcrumbs_beta: float = Field(0.85, ge=0, le=1)
+    breadcrumbs_gamma: float = Field(0.993, ge=0, le=1)
+    dare_p: float = Field(0.9, ge=0, lt=1)
+    merge_seed: int = Field(0, ge=0)
+    tatr_trust_fraction: float = Field(0.01, ge=0, lt=1)
+    tatr_exemplars: int = Field(128, ge=0)  # 0: zero-shot TATR (|tau| as the gradient estimate)
+    aggregation: Literal["uniform", "examples"] = "uniform"
+
+    # Robustness and restarts
+    on_missing_task: Literal["fail", "skip"] = "fail"
+    resume: bool = False
+    cache_dir: str = ""  # clients cache task vectors here (same base + instructions -> no retraining)
 
     # Client fine-tuning
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -101,7 +131,16 @@ class RunConfig(BaseModel):
             raise ValueError(f"task listed twice: {names}")
         return tuple(names)
 
-    @field_validator("ta_lambda_grid", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_shorthand(cls, data: Any) -> Any:
+        """``strategy = "ta" | "pa-atm" | "ph-atm"`` -> strategy, init and default merge."""
+        if isinstance(data, dict) and data.get("strategy") in STRATEGY_SHORTHANDS:
+            strategy, init, merge = STRATEGY_SHORTHANDS[data["strategy"]]
+            data = {**data, "strategy": strategy, "init": init, "merge": data.get("merge") or merge}
+        return data
+
+    @field_validator("lambda_grid", mode="before")
     @classmethod
     def _parse_grid(cls, value: Any) -> tuple[float, ...]:
         grid = _float_list(value)
@@ -110,24 +149,47 @@ class RunConfig(BaseModel):
         return grid
 
     @model_validator(mode="after")
-    def _check_budget(self) -> RunConfig:
-        if self.strategy == "pa-atm" and self.budget_epochs % self.epochs_per_round:
-            raise ValueError(
-                f"budget-epochs ({self.budget_epochs}) must be a multiple of "
-                f"epochs-per-round ({self.epochs_per_round}) for PA-ATM"
-            )
+    def _check_combinations(self) -> RunConfig:
+        if self.breadcrumbs_beta > self.breadcrumbs_gamma:
+            raise ValueError("breadcrumbs-beta must not exceed breadcrumbs-gamma")
+        if self.aggregation == "examples" and self.merge_method not in ("ta", "mean"):
+            raise ValueError(f"aggregation='examples' is defined for the linear merges ta and mean, "
+                             f"not for merge={self.merge_method!r}")
+        if self.init_checkpoint and self.strategy != "atm":
+            raise ValueError("init-checkpoint starts an ATM run (PH-ATM); it needs strategy='atm'")
         return self
 
     @property
-    def rounds(self) -> int:
-        """Number of server rounds: 1 for TA, budget / epochs-per-round for PA-ATM."""
-        return 1 if self.strategy == "ta" else self.budget_epochs // self.epochs_per_round
+    def merge_method(self) -> str:
+        """The merge operator: ``merge``, or the strategy's default (oneshot: ta, atm: mean)."""
+        return self.merge or ("ta" if self.strategy == "oneshot" else "mean")
+
+    @property
+    def ph_atm(self) -> bool:
+        """PH-ATM: ATM that starts from a merged model and fine-tunes on the validation splits."""
+        return self.strategy == "atm" and (self.init == "ta" or bool(self.init_checkpoint))
+
+    @property
+    def num_rounds(self) -> int:
+        return 1 if self.strategy == "oneshot" else self.rounds
+
+    @property
+    def label(self) -> str:
+        """A short name for reports: TA, TIES, PA-ATM10, PH-ATM10 (ties), ..."""
+        if self.strategy == "oneshot":
+            return self.merge_method.upper().replace("BREADCRUMBS", "Breadcrumbs")
+        name = f"{'PH' if self.ph_atm else 'PA'}-ATM{self.rounds}"
+        return name if self.merge_method == "mean" else f"{name} ({self.merge_method})"
 
     @property
     def dtype(self) -> torch.dtype:
         import torch  # imported here so that validating a config stays fast
 
         return torch.float64 if self.precision == "float64" else torch.float32
+
+    def client_settings(self) -> dict[str, Any]:
+        """The settings that change what a client computes from a given message (data, head, seeds)."""
+        return {k: v for k, v in self.to_run_config().items() if k in CLIENT_KEYS}
 
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """The resolved config as a Flower run config (kebab-case keys, lists as comma-separated strings).

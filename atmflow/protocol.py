@@ -6,7 +6,9 @@ message    server -> client                               client -> server
 describe   (query) nothing                                ``task``: the task this node holds
 train      ``arrays``: base weights; ``config``: epochs,   ``arrays``: task vector (fine-tuned tensors
            optimizer, lr, weight-decay, batch-size,        only); ``metrics``: train-loss, num-examples,
-           full-batch, seed, evaluate-finetuned            steps, wall-s [, finetuned-accuracy/-loss]
+           full-batch, seed, evaluate-finetuned, split,    steps, wall-s [, finetuned-accuracy/-loss];
+           tatr-exemplars                                  ``grads`` (if tatr-exemplars > 0): E|grad L|
+                                                           at the received base (paper 003, Eq. 6)
 evaluate   ``arrays``: weights; ``config``: split          ``metrics``: accuracy, loss, num-examples
 =========  =============================================  =============================================
 
@@ -23,6 +25,7 @@ DESCRIBE = "query.describe"
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
+GRADS = "grads"
 TASK = "task"
 
 
@@ -38,12 +41,15 @@ class TrainInstructions:
     full_batch: bool
     seed: int
     evaluate_finetuned: bool = False
+    split: str = "train"  # PH-ATM fine-tunes on "validation"
+    tatr_exemplars: int = 0  # > 0: also send E|grad L_t| over this many training examples
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({
             "epochs": self.epochs, "optimizer": self.optimizer, "lr": self.lr,
             "weight-decay": self.weight_decay, "batch-size": self.batch_size,
             "full-batch": self.full_batch, "seed": self.seed, "evaluate-finetuned": self.evaluate_finetuned,
+            "split": self.split, "tatr-exemplars": self.tatr_exemplars,
         })
 
     @classmethod
@@ -52,7 +58,8 @@ class TrainInstructions:
             epochs=int(record["epochs"]), optimizer=str(record["optimizer"]), lr=float(record["lr"]),
             weight_decay=float(record["weight-decay"]), batch_size=int(record["batch-size"]),
             full_batch=bool(record["full-batch"]), seed=int(record["seed"]),
-            evaluate_finetuned=bool(record["evaluate-finetuned"]),
+            evaluate_finetuned=bool(record["evaluate-finetuned"]), split=str(record["split"]),
+            tatr_exemplars=int(record["tatr-exemplars"]),
         )
 
 

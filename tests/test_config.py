@@ -19,25 +19,42 @@ def test_pyproject_defaults_are_the_model_defaults() -> None:
 
 def test_paper_defaults() -> None:
     cfg = RunConfig()
-    assert (cfg.strategy, cfg.budget_epochs, cfg.epochs_per_round, cfg.rounds) == ("pa-atm", 10, 1, 10)
-    assert (cfg.atm_alpha, cfg.ta_lambda, cfg.val_fraction) == (1.0, 0.3, 0.1)
+    assert (cfg.strategy, cfg.init, cfg.merge_method, cfg.label) == ("atm", "pretrained", "mean", "PA-ATM10")
+    assert (cfg.budget_epochs, cfg.rounds, cfg.epochs_per_round, cfg.val_fraction) == (10, 10, 1, 0.1)
+    assert cfg.lambda_grid == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    assert (cfg.ties_k, cfg.breadcrumbs_beta, cfg.breadcrumbs_gamma, cfg.dare_p) == (0.2, 0.85, 0.993, 0.9)
+    assert (cfg.tatr_trust_fraction, cfg.tatr_exemplars, cfg.on_missing_task) == (0.01, 128, "fail")
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [("ta", ("oneshot", "pretrained", "ta", "TA", False)), ("pa-atm", ("atm", "pretrained", "mean", "PA-ATM10", False)),
+     ("ph-atm", ("atm", "ta", "mean", "PH-ATM10", True))],
+)
+def test_strategy_shorthands(strategy: str, expected: tuple) -> None:
+    cfg = load_config({"strategy": strategy})
+    assert (cfg.strategy, cfg.init, cfg.merge_method, cfg.label, cfg.ph_atm) == expected
 
 
 def test_resolved_config_round_trips() -> None:
-    cfg = load_config({"strategy": "ta", "ta-lambda-grid": "0.1,0.5", "tasks": "mnist,digits"})
-    assert cfg.ta_lambda_grid == (0.1, 0.5) and cfg.rounds == 1
+    cfg = load_config({"strategy": "ta", "lambda-grid": "0.1,0.5", "tasks": "mnist,digits"})
+    assert cfg.lambda_grid == (0.1, 0.5) and cfg.num_rounds == 1
     assert load_config(cfg.to_run_config()) == cfg
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"strategy": "foo"}, "strategy: Input should be 'ta' or 'pa-atm'"),
+        ({"strategy": "foo"}, "strategy: Input should be 'oneshot', 'atm', 'ta', 'pa-atm' or 'ph-atm'"),
+        ({"merge": "slerp"}, "merge: Input should be '', 'ta', 'mean', 'ties', 'breadcrumbs', 'dare', 'tatr'"),
+        ({"on-missing-task": "ignore"}, "on-missing-task: Input should be 'fail' or 'skip'"),
+        ({"merge": "ties", "aggregation": "examples"}, "aggregation='examples' is defined for the linear merges"),
+        ({"breadcrumbs-beta": 0.9, "breadcrumbs-gamma": 0.5}, "breadcrumbs-beta must not exceed"),
+        ({"strategy": "ta", "init-checkpoint": "x.safetensors"}, "init-checkpoint starts an ATM run"),
         ({"lr": -1.0}, "lr: Input should be greater than 0"),
         ({"tasks": "mnist,cifar10"}, "unknown task(s) ['cifar10']; available: ['animal-mnist', 'digits'"),
         ({"tasks": "mnist"}, "at least two tasks"),
         ({"head": "mlp"}, "head: Input should be 'probe' or 'random'"),
-        ({"budget-epochs": 10, "epochs-per-round": 3}, "must be a multiple of epochs-per-round"),
         ({"learning-rate": 0.1}, "learning-rate: unknown key"),
     ],
 )
@@ -51,7 +68,7 @@ def test_cli_validate_fails_fast_with_the_key() -> None:
     proc = subprocess.run([sys.executable, "-m", "atmflow.cli", "validate", "--project", str(ROOT),
                            "--run-config", "strategy='foo' batch-size=0"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "strategy: Input should be 'ta' or 'pa-atm' (got 'foo')" in proc.stderr
+    assert "strategy: Input should be 'oneshot', 'atm', 'ta', 'pa-atm' or 'ph-atm' (got 'foo')" in proc.stderr
     assert "batch-size: Input should be greater than or equal to 1" in proc.stderr
 
 

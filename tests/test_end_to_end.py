@@ -28,9 +28,9 @@ def _results(tiny: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_pa_atm_end_to_end(tiny: dict[str, Any]) -> None:
-    res = run_inprocess({**tiny, "run-name": "atm", "strategy": "pa-atm", "budget-epochs": 2})
+    res = run_inprocess({**tiny, "run-name": "atm", "strategy": "pa-atm", "rounds": 2, "budget-epochs": 2})
     out = _results(tiny, "atm")
-    assert out["strategy"] == "pa-atm" and out["config"]["train-size"] == 100
+    assert (out["strategy"], out["label"], out["config"]["train-size"]) == ("atm", "PA-ATM2", 100)
     assert [r["round"] for r in out["rounds"]] == [1, 2]
     for record in out["rounds"]:
         assert sorted(record["tasks"]) == TASKS
@@ -51,12 +51,11 @@ def test_pa_atm_end_to_end(tiny: dict[str, Any]) -> None:
 
 
 def test_ta_with_lambda_chosen_on_validation(tiny: dict[str, Any]) -> None:
-    run_inprocess({**tiny, "run-name": "ta", "strategy": "ta", "budget-epochs": 1,
-                   "ta-lambda-grid": "0.1,0.5,1.0"})
+    run_inprocess({**tiny, "run-name": "ta", "strategy": "ta", "budget-epochs": 1, "lambda-grid": "0.1,0.5,1.0"})
     out = _results(tiny, "ta")
     (record,) = out["rounds"]
     curve = record["extra"]["lambda_curve"]
-    assert list(curve) == ["0.1", "0.5", "1.0"]
+    assert list(curve) == ["0.1", "0.5", "1"]
     best = max(curve.values())
     assert record["extra"]["lambda"] == min(float(k) for k, v in curve.items() if v == best)
     # TA's individual models are the round's own fine-tuned models, tested by each client.
@@ -74,8 +73,8 @@ def test_ta_final_model_is_pretrained_plus_lambda_sum(tiny: dict[str, Any], monk
         return tau
 
     monkeypatch.setattr(client_module, "task_vector", spy)
-    run_inprocess({**tiny, "run-name": "ta-fixed", "strategy": "ta", "budget-epochs": 1, "ta-lambda": 0.4,
-                   "individual": False})
+    run_inprocess({**tiny, "run-name": "ta-fixed", "strategy": "ta", "budget-epochs": 1, "merge-lambda": 0.4,
+                   "lambda-grid": "", "individual": False})
     assert len(seen) == 4
     base = pretrained_encoder().state_dict()
     final = load_file(str(Path(tiny["output-dir"]) / "ta-fixed" / "final_encoder.safetensors"))
@@ -97,7 +96,7 @@ class FailOnTrain:
 
 
 def test_a_failing_client_is_named_and_never_merged(tiny: dict[str, Any]) -> None:
-    cfg = load_config({**tiny, "run-name": "fail", "budget-epochs": 1, "individual": False})
+    cfg = load_config({**tiny, "run-name": "fail", "rounds": 1, "individual": False})
     grid = InProcessGrid(FailOnTrain("digits", cfg.tasks), cfg.to_run_config(), len(cfg.tasks))  # type: ignore[arg-type]
     with pytest.raises(TaskFailureError) as err:
         run_experiment(grid, cfg)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_flwr_run_simulation_smoke(tmp_path: Path) -> None:
     flwr_home, out = tmp_path / "flwr-home", tmp_path / "outputs"
     overrides = (f"output-dir='{out}' run-name='smoke' train-size=100 test-size=20 image-size=32 "
-                 "budget-epochs=2 individual=false")
+                 "rounds=2 individual=false")
     try:
         code = run_simulation(ROOT, flwr_home, overrides, timeout_s=600)
     finally:

@@ -38,8 +38,8 @@ def total_loss_gradient(cfg_overrides: dict[str, Any]) -> dict[str, torch.Tensor
 
 def test_ta_after_one_full_batch_gd_epoch_is_one_gradient_step(tiny: dict[str, Any]) -> None:
     overrides = {**tiny, "run-name": "theorem", "strategy": "ta", "budget-epochs": 1, "optimizer": "sgd",
-                 "lr": ETA, "weight-decay": 0.0, "full-batch": True, "batch-size": 16, "ta-lambda": LAM,
-                 "individual": False, "precision": "float64"}
+                 "lr": ETA, "weight-decay": 0.0, "full-batch": True, "batch-size": 16, "merge-lambda": LAM,
+                 "lambda-grid": "", "individual": False, "precision": "float64"}
     run_inprocess(overrides)  # float64: float32 gradients of a deep CNN differ by ~1e-4 relative
     base = pretrained_encoder().double().state_dict()
     merged = load_file(str(Path(tiny["output-dir"]) / "theorem" / "final_encoder.safetensors"))

@@ -11,11 +11,13 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from atmflow import protocol
+from atmflow.client import cache
 from atmflow.client.evaluation import evaluate
+from atmflow.client.gradients import mean_abs_gradient
 from atmflow.client.task import LocalTask, local_task, task_seed
 from atmflow.client.training import fine_tune
 from atmflow.config import RunConfig, load_config
-from atmflow.merging import task_vector
+from atmflow.merging import add_scaled, task_vector
 from atmflow.models.encoder import MobileNetV2Encoder, trainable_keys
 
 app = ClientApp()
@@ -56,23 +58,52 @@ def describe(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Fine-tune the received base on this task; reply with the task vector and train metrics."""
+    """Fine-tune the received base on this task; reply with the task vector and train metrics.
+
+    With ``tatr-exemplars > 0`` the reply also carries TATR's gradient estimate at the received base.
+    With ``cache-dir`` set, an earlier identical fine-tuning is reused (see :mod:`atmflow.client.cache`).
+    """
     cfg, task, local = _setup(context)
-    how = protocol.TrainInstructions.from_record(msg.content.config_records[protocol.CONFIG])
+    record = msg.content.config_records[protocol.CONFIG]
+    how = protocol.TrainInstructions.from_record(record)
     how = protocol.TrainInstructions(**{**how.__dict__, "seed": task_seed(how.seed, task)})
     encoder = _encoder(msg, cfg.dtype)
-    base = {k: v.clone() for k, v in encoder.state_dict().items()}
-    stats = fine_tune(encoder, local.head, local.data.train, how, local.device)
-    metrics = {"train-loss": stats.loss, "num-examples": stats.examples, "steps": stats.steps,
-               "wall-s": stats.seconds}
-    if how.evaluate_finetuned:
+    base = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    key = cache.cache_key(base, how, task, cfg) if cfg.cache_dir else ""
+    grads = _gradient_estimate(encoder, local, how, cfg.cache_dir, key) if how.tatr_exemplars else {}
+    cached = cache.load(cfg.cache_dir, key) if key else None
+    if cached is None:
+        stats = fine_tune(encoder, local.head, local.data.split(how.split), how, local.device)
+        metrics = {"train-loss": stats.loss, "num-examples": float(stats.examples), "steps": float(stats.steps),
+                   "wall-s": stats.seconds}
+        tau = task_vector({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, base,
+                          trainable_keys(encoder))
+    else:
+        tau, metrics = cached
+        encoder.load_state_dict(add_scaled(base, tau, 1.0))
+    completed = how.evaluate_finetuned and "finetuned-accuracy" not in metrics
+    if completed:
         metrics["finetuned-accuracy"], metrics["finetuned-loss"] = evaluate(
             encoder, local.head, local.data.test, local.device)
-    finetuned = {k: v.cpu() for k, v in encoder.state_dict().items()}
-    tau = task_vector(finetuned, base, trainable_keys(encoder))
-    reply = protocol.content(arrays=ArrayRecord(tau), metrics=MetricRecord(metrics),
-                             task=protocol.task_record(task))
-    return Message(content=reply, reply_to=msg)
+    if key and (cached is None or completed):
+        cache.store(cfg.cache_dir, key, tau, metrics)
+    metrics["cache-hit"] = float(cached is not None)
+    records: dict[str, object] = {"arrays": ArrayRecord(tau), "metrics": MetricRecord(metrics),
+                                  "task": protocol.task_record(task)}
+    if grads:
+        records[protocol.GRADS] = ArrayRecord(grads)
+    return Message(content=protocol.content(**records), reply_to=msg)
+
+
+def _gradient_estimate(encoder: MobileNetV2Encoder, local: LocalTask, how: protocol.TrainInstructions,
+                       cache_dir: str, key: str) -> dict[str, torch.Tensor]:
+    """TATR's E|grad L_t| at the received base (before fine-tuning), from the cache when there."""
+    grads = cache.load_grads(cache_dir, key, how.tatr_exemplars) if key else None
+    if grads is None:
+        grads = mean_abs_gradient(encoder, local.head, local.data.train, how.tatr_exemplars, how.seed, local.device)
+        if key:
+            cache.store_grads(cache_dir, key, how.tatr_exemplars, grads)
+    return grads
 
 
 @app.evaluate()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -51,9 +51,22 @@ def build_head(cfg: RunConfig, data: TaskData, device: torch.device) -> FrozenHe
     return probe_head(features, data.train.y[idx], data.num_classes)
 
 
-@lru_cache(maxsize=4)
+_LOADED: dict[str, LocalTask] = {}
+_MAX_LOADED = 8
+
+
 def local_task(task: str, cfg: RunConfig) -> LocalTask:
-    """Load the data and fit the head once per process (a client answers many messages)."""
+    """Load the data and fit the head once per process and client settings (a client answers many
+    messages; runs that differ only in server-side settings share them)."""
+    key = json.dumps([task, cfg.client_settings()], sort_keys=True)
+    if key not in _LOADED:
+        if len(_LOADED) >= _MAX_LOADED:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = _load_local_task(task, cfg)
+    return _LOADED[key]
+
+
+def _load_local_task(task: str, cfg: RunConfig) -> LocalTask:
     device = resolve_device(cfg.device)
     data = load_task(task, train_size=cfg.train_size, test_size=cfg.test_size, val_fraction=cfg.val_fraction,
                      image_size=cfg.image_size, seed=cfg.data_seed, data_dir=cfg.fashion_mnist_dir)

@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from atmflow.merging.task_vectors import StateDict, add_scaled, check_compatible
+from atmflow.merging.rule import Rule, TaskTensors, param, total
 
 
-def _sum(vectors: Sequence[StateDict]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([v[k] for v in vectors]).sum(0) for k in vectors[0]}
+@dataclass
+class TaskArithmetic(Rule):
+    """Task Arithmetic (Ilharco et al., 2023; baseline of paper 000): ``theta = theta_0 + lambda * sum_t tau_t``.
+
+    Default ``lambda = 0.3`` (Ilharco et al.; they choose lambda on validation data, as one-shot runs
+    do with ``lambda-grid``; paper 000's baselines use the mean of the task vectors with scaling 1,
+    i.e. ``lambda = 1 / n``).
+    """
+
+    name = "ta"
+    lam: float = param(0.3, "scaling lambda of the summed task vectors")
+
+    def update(self, t: TaskTensors) -> torch.Tensor:
+        return self.lam * total(t.taus)
 
 
-def task_arithmetic(base: StateDict, vectors: Sequence[StateDict], lam: float) -> dict[str, torch.Tensor]:
-    """Task Arithmetic (Ilharco et al., 2023): ``theta = theta_0 + lambda * sum_t tau_t``."""
-    check_compatible(base, vectors)
-    return add_scaled(base, _sum(vectors), lam)
-
-
-def mean_merge(base: StateDict, vectors: Sequence[StateDict], alpha: float = 1.0) -> dict[str, torch.Tensor]:
+@dataclass
+class Mean(Rule):
     """ATM update (paper 000, Eq. 5): ``theta^(k+1) = theta^(k) + alpha / |T| * sum_t tau_t^(k)``.
 
-    An unweighted mean over tasks (not FedAvg's weighting by number of examples).
+    An unweighted mean over tasks (not FedAvg's weighting by number of examples); ``alpha = 1``
+    as in paper 000.
     """
-    check_compatible(base, vectors)
-    return add_scaled(base, _sum(vectors), alpha / len(vectors))
+
+    name = "mean"
+    alpha: float = param(1.0, "step size alpha of the mean task vector")
+
+    def update(self, t: TaskTensors) -> torch.Tensor:
+        return self.alpha / len(t.taus) * total(t.taus)

@@ -1,14 +1,19 @@
 """Sending one message per task node and collecting the replies by task name.
 
-A task whose node failed (an error reply, or no reply within the timeout) is never silently
-dropped: :class:`TaskFailureError` names every such task.
+A task whose node failed (an error reply, no reply within the timeout, or a reply whose arrays do
+not fit the model) is never silently dropped: it is named in the log and the results, and the
+``on-missing-task`` policy decides: ``fail`` raises :class:`TaskFailureError`, ``skip`` goes on
+without that task for this exchange.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from logging import WARNING
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from atmflow import protocol
@@ -30,29 +35,56 @@ def task_messages(node_tasks: Mapping[int, str], message_type: str,
             for node, task in node_tasks.items()]
 
 
-def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], phase: str) -> dict[str, Message]:
-    """Map replies to task names; raise :class:`TaskFailureError` for failed or missing tasks."""
-    by_task: dict[str, Message] = {}
+class Replies:
+    """The valid replies of one exchange by task, and why each other task has none."""
+
+    def __init__(self, phase: str, valid: dict[str, Message], problems: dict[str, str]) -> None:
+        self.phase, self.valid, self.problems = phase, valid, problems
+
+    def enforce(self, policy: str) -> Replies:
+        """Apply ``on-missing-task``: raise under "fail"; under "skip" log and go on (needs one valid reply)."""
+        if self.problems and (policy == "fail" or not self.valid):
+            raise TaskFailureError(self.phase, self.problems)
+        for task, why in sorted(self.problems.items()):
+            log(WARNING, "%s: skipping task %s (%s)", self.phase, task, why)
+        return self
+
+
+def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], phase: str) -> Replies:
+    """Map replies to task names; list the tasks that failed or did not answer."""
+    valid: dict[str, Message] = {}
     problems: dict[str, str] = {}
     for reply in replies:
         task = protocol.reply_task(reply) or node_tasks.get(reply.metadata.src_node_id)
         if reply.has_error():
             problems[task or f"node {reply.metadata.src_node_id}"] = (
-                f"error {reply.error.code}: {reply.error.reason}")
+                f"error {reply.error.code}: {reply.error.reason.strip()}")
         elif task is not None:
-            by_task[task] = reply
+            valid[task] = reply
     for task in node_tasks.values():
-        if task not in by_task and task not in problems:
+        if task not in valid and task not in problems:
             problems[task] = "no reply within the round timeout"
-    if problems:
-        raise TaskFailureError(phase, problems)
-    return by_task
+    return Replies(phase, valid, problems)
 
 
 def send_to_tasks(grid: Grid, node_tasks: Mapping[int, str], message_type: str,
-                  build: Callable[[str], RecordDict], timeout: float, phase: str) -> dict[str, Message]:
+                  build: Callable[[str], RecordDict], timeout: float, phase: str) -> Replies:
     replies = grid.send_and_receive(task_messages(node_tasks, message_type, build), timeout=timeout)
     return collect_replies(replies, node_tasks, phase)
+
+
+def check_arrays(arrays: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str | None:
+    """Why a received task vector cannot be merged (keys, shapes, dtypes, non-finite values), or None."""
+    if set(arrays) != set(expected):
+        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+        return f"wrong tensors (missing {missing[:3]}, unexpected {extra[:3]})"
+    for key, ref in expected.items():
+        value = arrays[key]
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            return f"tensor {key!r} is {value.dtype} {tuple(value.shape)}, expected {ref.dtype} {tuple(ref.shape)}"
+        if not torch.isfinite(value).all():
+            return f"tensor {key!r} has non-finite values"
+    return None
 
 
 def evaluation_content(arrays: ArrayRecord, split: str) -> RecordDict:
@@ -60,11 +92,11 @@ def evaluation_content(arrays: ArrayRecord, split: str) -> RecordDict:
 
 
 def evaluate_on_tasks(grid: Grid, node_tasks: Mapping[int, str], arrays: ArrayRecord, split: str,
-                      timeout: float, phase: str) -> dict[str, dict[str, float]]:
+                      timeout: float, phase: str, policy: str = "fail") -> dict[str, dict[str, float]]:
     """Each task node evaluates ``arrays`` on its own ``split``: ``{task: {accuracy, loss}}``."""
     replies = send_to_tasks(grid, node_tasks, MessageType.EVALUATE,
-                            lambda _: evaluation_content(arrays, split), timeout, phase)
-    return {task: task_scores(reply) for task, reply in replies.items()}
+                            lambda _: evaluation_content(arrays, split), timeout, phase).enforce(policy)
+    return {task: task_scores(reply) for task, reply in sorted(replies.valid.items())}
 
 
 def task_scores(reply: Message) -> dict[str, float]:

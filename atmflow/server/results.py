@@ -1,4 +1,4 @@
-"""What a run measured, and how it is written: ``results.json``, ``report.md`` and a PNG plot.
+"""What a run measured, and how it is written: ``results.json``, ``report.md`` and PNG plots.
 
 Normalized accuracy (paper 004, Eq. 11; Ilharco et al.): per task, merged accuracy divided by the
 task's individually fine-tuned accuracy, averaged over tasks.
@@ -19,12 +19,18 @@ def avg_accuracy(scores: Scores) -> float:
 
 
 def normalized_accuracy(scores: Scores, individual: Scores) -> float:
-    return sum(scores[t]["accuracy"] / individual[t]["accuracy"] for t in scores) / len(scores)
+    """Mean over tasks (those scored in both) of merged accuracy / individual accuracy."""
+    common = [t for t in scores if t in individual]
+    return sum(scores[t]["accuracy"] / individual[t]["accuracy"] for t in common) / len(common)
 
 
 @dataclass
 class RoundRecord:
-    """One server round: the merged model's per-task test scores and what the round cost."""
+    """One server round: the merged model's per-task test scores and what the round cost.
+
+    ``geometry`` holds the task vectors' norms, pairwise cosine matrix and mean |cosine|;
+    ``missing`` the tasks left out of this round's merge and why (``on-missing-task = "skip"``).
+    """
 
     round: int
     tasks: Scores
@@ -33,17 +39,21 @@ class RoundRecord:
     bytes_up: int
     bytes_up_per_task: dict[str, int]
     train: dict[str, dict[str, float]]
+    geometry: dict[str, Any] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class RunResults:
     strategy: str
+    label: str
     config: dict[str, Any]
     pretrained: Scores
     rounds: list[RoundRecord]
-    individual: Scores | None
-    wall_s: float
+    individual: Scores | None = None
+    init: RoundRecord | None = None  # PH-ATM's starting point (the TA-merged model), if built here
+    wall_s: float = 0.0
 
     def final(self) -> dict[str, Any]:
         last = self.rounds[-1].tasks
@@ -53,40 +63,66 @@ class RunResults:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        summary = lambda s: None if s is None else {"tasks": s, "avg_accuracy": avg_accuracy(s)}  # noqa: E731
+        def summary(scores: Scores | None) -> dict[str, Any] | None:
+            return None if scores is None else {"tasks": scores, "avg_accuracy": avg_accuracy(scores)}
+
+        rounds = []
+        for r in self.rounds:
+            row = asdict(r)
+            if self.individual:
+                row["normalized_accuracy"] = normalized_accuracy(r.tasks, self.individual)
+            rounds.append(row)
         return {
             "strategy": self.strategy,
+            "label": self.label,
             "config": self.config,
             "pretrained": summary(self.pretrained),
             "individual": summary(self.individual),
-            "rounds": [asdict(r) for r in self.rounds],
+            "init": None if self.init is None else asdict(self.init),
+            "rounds": rounds,
             "final": self.final(),
             "wall_s": self.wall_s,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunResults:
+        def scores(entry: dict[str, Any] | None) -> Scores | None:
+            return None if entry is None else entry["tasks"]
+
+        def record(row: dict[str, Any]) -> RoundRecord:
+            return RoundRecord(**{k: v for k, v in row.items() if k != "normalized_accuracy"})
+
+        return cls(data["strategy"], data["label"], data["config"], scores(data["pretrained"]) or {},
+                   [record(r) for r in data["rounds"]], scores(data["individual"]),
+                   None if data["init"] is None else record(data["init"]), data["wall_s"])
 
     def report(self) -> str:
         """A Markdown table a person reads in ten seconds."""
         tasks = list(self.pretrained)
         rows: list[tuple[str, Scores]] = [("pretrained", self.pretrained)]
+        if self.init is not None:
+            rows.append(("start: TA-merged", self.init.tasks))
         rows += [(f"round {r.round}", r.tasks) for r in self.rounds]
         if self.individual:
             rows.append(("individual (upper bound)", self.individual))
-        head = "| model | " + " | ".join(tasks) + " | avg | normalized |"
-        lines = [head, "|" + "---|" * (len(tasks) + 3)]
+        lines = ["| model | " + " | ".join(tasks) + " | avg | normalized |", "|" + "---|" * (len(tasks) + 3)]
         for name, scores in rows:
+            cells = " | ".join(f"{scores[t]['accuracy']:.3f}" if t in scores else "-" for t in tasks)
             norm = f"{normalized_accuracy(scores, self.individual):.3f}" if self.individual else "-"
-            cells = " | ".join(f"{scores[t]['accuracy']:.3f}" for t in tasks)
             lines.append(f"| {name} | {cells} | {avg_accuracy(scores):.3f} | {norm} |")
-        final = self.final()
-        c = self.config
-        budget = f"{c['budget-epochs']} epochs per task"
-        plan = "1 round" if self.strategy == "ta" else f"{len(self.rounds)} rounds x {c['epochs-per-round']} epoch(s)"
+        c, final = self.config, self.final()
+        plan = (f"1 round of {c['budget-epochs']} epochs" if self.strategy == "oneshot"
+                else f"{len(self.rounds)} rounds x {c['epochs-per-round']} epoch(s)")
+        skipped = {t: why for r in self.rounds for t, why in r.missing.items()}
+        lam = self.rounds[-1].extra.get("lambda")
         return "\n".join([
-            f"# atmflow run `{c['run-name']}`: {self.strategy}",
+            f"# atmflow run `{c['run-name']}`: {self.label}",
             "",
-            f"Tasks: {', '.join(tasks)}. Budget: {budget} ({plan}). Seed {c['seed']}. "
-            f"Head: {c['head']}. Wall time {self.wall_s:.0f} s. "
-            f"Uploaded per round: {self.rounds[-1].bytes_up / 1e6:.1f} MB.",
+            f"Tasks: {', '.join(tasks)}. Plan: {plan}; merge `{self.rounds[-1].extra.get('merge', '?')}`"
+            + (f" with lambda {lam:g}" if lam is not None else "") + f". Seed {c['seed']}. Head: {c['head']}. "
+            f"Wall time {self.wall_s:.0f} s. Uploaded in the last round: {self.rounds[-1].bytes_up / 1e6:.1f} MB. "
+            f"Mean |cosine| between the last round's task vectors: "
+            f"{self.rounds[-1].geometry.get('mean_abs_cosine', float('nan')):.3f}.",
             "",
             "Test accuracy per task (each task's frozen head on the merged encoder):",
             "",
@@ -95,6 +131,7 @@ class RunResults:
             f"Final average accuracy **{final['avg_accuracy']:.3f}**"
             + (f", normalized accuracy **{final['normalized_accuracy']:.3f}**." if "normalized_accuracy" in final
                else "."),
+            *(["", f"Tasks skipped in some round: {skipped}."] if skipped else []),
             "",
         ])
 
@@ -113,14 +150,15 @@ class RunResults:
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = [0] + [r.round for r in self.rounds]
         for task in self.pretrained:
-            ys = [self.pretrained[task]["accuracy"]] + [r.tasks[task]["accuracy"] for r in self.rounds]
+            ys = [self.pretrained[task]["accuracy"]] + [r.tasks.get(task, {}).get("accuracy", float("nan"))
+                                                         for r in self.rounds]
             ax.plot(xs, ys, marker="o", label=task)
         ys = [avg_accuracy(self.pretrained)] + [r.avg_accuracy for r in self.rounds]
         ax.plot(xs, ys, marker="s", color="black", linewidth=2, label="average")
         if self.individual:
             ax.axhline(avg_accuracy(self.individual), color="black", linestyle="--", label="individual (avg)")
         ax.set(xlabel="round (0 = pretrained)", ylabel="test accuracy", ylim=(0, 1),
-               title=f"{self.strategy}: {self.config['run-name']}")
+               title=f"{self.label}: {self.config['run-name']}")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=100)

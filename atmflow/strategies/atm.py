@@ -1,23 +1,21 @@
-"""PA-ATM (papers 000 and 001): Alternating Tuning and Merging from the pretrained model.
+"""ATM, Alternating Tuning and Merging (papers 000 and 001).
 
-Each round every task fine-tunes the current base for ``epochs-per-round`` epochs; the server sets
-``theta^(k+1) = theta^(k) + alpha / |T| * sum_t tau_t^(k)`` (paper 000, Eq. 5).
+Each round every task fine-tunes the current base for ``epochs-per-round`` epochs; the server
+merges the task vectors into the next base. With the default merge step (mean, alpha = 1):
+``theta^(k+1) = theta^(k) + alpha / |T| * sum_t tau_t^(k)`` (paper 000, Eq. 5). ATM is agnostic
+to the merge step: any operator of :mod:`atmflow.merging` can take its place.
+
+PA-ATM starts from the pretrained model and fine-tunes on the training splits; PH-ATM starts from
+a merged model (Task Arithmetic) and fine-tunes on the validation splits (paper 001, Section 3);
+both are this strategy with a different start and ``split`` (chosen by the experiment).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from atmflow import protocol
-from atmflow.merging import mean_merge
-from atmflow.strategies.base import StateDict, TaskVectorStrategy
+from atmflow.strategies.base import RoundInputs, StateDict, TaskVectorStrategy
 
 
-class PAATM(TaskVectorStrategy):
-    def __init__(self, node_tasks: Mapping[int, str], instructions: protocol.TrainInstructions,
-                 round_timeout: float, alpha: float = 1.0) -> None:
-        super().__init__(node_tasks, instructions, round_timeout)
-        self.alpha = alpha
-
-    def merge(self, server_round: int, base: StateDict, vectors: Mapping[str, StateDict]) -> StateDict:
-        return mean_merge(base, [vectors[t] for t in sorted(vectors)], self.alpha)
+class ATM(TaskVectorStrategy):
+    def merge(self, base: StateDict, inputs: RoundInputs) -> StateDict:
+        return self.merge_step.apply(base, inputs.vectors, inputs.num_examples, inputs.grads or None,
+                                     round_=inputs.round)

@@ -1,8 +1,11 @@
 """Shared plumbing of every task-vector strategy (driven by Flower's ``Strategy.start`` loop).
 
-Per round: send the current base to every task node (train), collect one task vector per task,
-``merge`` them into the next base (the subclass's rule), then every task node evaluates the merged
-model on its test split. Each round is recorded as a :class:`RoundRecord`.
+Per round: send the current base to every task node (train); collect one task vector per task,
+rejecting replies whose arrays do not fit the model (wrong tensors, shapes, dtypes, NaN / inf);
+apply the ``on-missing-task`` policy; ``merge`` the task vectors into the next base (the
+subclass's rule); then every task node tests the merged model on its test split. Each round is
+recorded as a :class:`RoundRecord` (scores, task-vector geometry, bytes, wall time) and handed to
+``on_round_end`` (the experiment checkpoints there).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO
 
 import torch
@@ -20,83 +23,132 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from atmflow import protocol
+from atmflow.analysis import task_vector_geometry
 from atmflow.server.exchange import (
     array_bytes,
+    check_arrays,
     collect_replies,
     evaluation_content,
     task_messages,
     task_scores,
 )
 from atmflow.server.results import RoundRecord, avg_accuracy
+from atmflow.strategies.merge_step import MergeStep, StateDict
 
-StateDict = dict[str, torch.Tensor]
+
+@dataclasses.dataclass
+class RoundInputs:
+    """What one round's replies delivered, by task."""
+
+    round: int
+    vectors: dict[str, StateDict]
+    grads: dict[str, StateDict]
+    num_examples: dict[str, float]
 
 
 class TaskVectorStrategy(Strategy):
-    """Base class: subclasses implement :meth:`merge` (and say how many epochs a round trains)."""
+    """Base class: subclasses implement :meth:`merge`.
+
+    ``expected`` maps each fine-tuned tensor's name to a tensor of the right shape and dtype (the
+    template a task vector must match). ``first_round`` numbers the rounds when resuming.
+    """
 
     def __init__(self, node_tasks: Mapping[int, str], instructions: protocol.TrainInstructions,
-                 round_timeout: float) -> None:
+                 merge_step: MergeStep, expected: Mapping[str, torch.Tensor], *, round_timeout: float,
+                 policy: str = "fail", first_round: int = 1,
+                 on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None) -> None:
         self.node_tasks = dict(node_tasks)
         self.instructions = instructions
+        self.merge_step = merge_step
+        self.expected = dict(expected)
         self.round_timeout = round_timeout
+        self.policy = policy
+        self.first_round = first_round
+        self.on_round_end = on_round_end
         self.history: list[RoundRecord] = []
         self._grid: Grid | None = None
         self._base: StateDict = {}
         self._started = 0.0
-        self._pending: dict[str, object] = {}
+        self._pending: RoundRecord | None = None
+        self._merged: ArrayRecord | None = None
+        self._extra: dict[str, object] = {}
 
     @abstractmethod
-    def merge(self, server_round: int, base: StateDict, vectors: Mapping[str, StateDict]) -> StateDict:
-        """The next base from the current base and one task vector per task."""
+    def merge(self, base: StateDict, inputs: RoundInputs) -> StateDict:
+        """The next base from the current base and one task vector per (delivering) task."""
+
+    def absolute_round(self, server_round: int) -> int:
+        return self.first_round + server_round - 1
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._grid, self._started = grid, time.perf_counter()
         self._base = arrays.to_torch_state_dict()
-        how = dataclasses.replace(self.instructions, seed=self.instructions.seed * 100_003 + server_round)
+        seed = self.instructions.seed * 100_003 + self.absolute_round(server_round)
+        how = dataclasses.replace(self.instructions, seed=seed)
         return task_messages(self.node_tasks, MessageType.TRAIN,
                              lambda _: protocol.content(arrays=arrays, config=how.to_record()))
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        by_task = collect_replies(replies, self.node_tasks, f"round {server_round} train")
-        records = {t: r.content.array_records[protocol.ARRAYS] for t, r in by_task.items()}
-        vectors = {t: rec.to_torch_state_dict() for t, rec in records.items()}
-        train = {t: dict(r.content.metric_records[protocol.METRICS]) for t, r in by_task.items()}
-        self._pending = {"bytes_up_per_task": {t: array_bytes(rec) for t, rec in records.items()},
-                         "train": train, "extra": {}}
-        merged = self.merge(server_round, self._base, vectors)
+        round_ = self.absolute_round(server_round)
+        collected = collect_replies(replies, self.node_tasks, f"round {round_} train")
+        inputs = RoundInputs(round_, {}, {}, {})
+        sizes: dict[str, int] = {}
+        train: dict[str, dict[str, float]] = {}
+        for task, reply in sorted(collected.valid.items()):
+            records = reply.content.array_records
+            vector = records[protocol.ARRAYS].to_torch_state_dict()
+            grads = records[protocol.GRADS].to_torch_state_dict() if protocol.GRADS in records else {}
+            problem = check_arrays(vector, self.expected)
+            if problem is None and self.instructions.tatr_exemplars:
+                problem = check_arrays(grads, self.expected) if grads else "no gradient estimate in the reply"
+            if problem is not None:
+                collected.problems[task] = f"invalid reply: {problem}"
+                continue
+            inputs.vectors[task] = vector
+            if grads:
+                inputs.grads[task] = grads
+            train[task] = dict(reply.content.metric_records[protocol.METRICS])
+            inputs.num_examples[task] = train[task]["num-examples"]
+            sizes[task] = sum(array_bytes(r) for r in records.values())
+        collected.valid = {t: r for t, r in collected.valid.items() if t in inputs.vectors}
+        collected.enforce(self.policy)
+        merged = self.merge(self._base, inputs)
+        self._pending = RoundRecord(
+            round=round_, tasks={}, avg_accuracy=0.0, wall_s=0.0, bytes_up=sum(sizes.values()),
+            bytes_up_per_task=sizes, train=train, geometry=task_vector_geometry(inputs.vectors),
+            missing=dict(collected.problems), extra={"merge": self.merge_step.method, **self._extra},
+        )
+        self._extra = {}
         mean_loss = sum(m["train-loss"] for m in train.values()) / len(train)
         return ArrayRecord(merged), MetricRecord({"train-loss": mean_loss})
 
+    def note(self, key: str, value: object) -> None:
+        """Attach an extra result (e.g. a lambda-selection curve) to the current round's record."""
+        self._extra[key] = value
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        self._merged = arrays
         return task_messages(self.node_tasks, MessageType.EVALUATE, lambda _: evaluation_content(arrays, "test"))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        by_task = collect_replies(replies, self.node_tasks, f"round {server_round} evaluate")
-        scores = {t: task_scores(r) for t, r in sorted(by_task.items())}
-        per_task = self._pending["bytes_up_per_task"]
-        assert isinstance(per_task, dict)
-        record = RoundRecord(
-            round=server_round, tasks=scores, avg_accuracy=avg_accuracy(scores),
-            wall_s=time.perf_counter() - self._started, bytes_up=sum(per_task.values()),
-            bytes_up_per_task=per_task, train=self._pending["train"],  # type: ignore[arg-type]
-            extra=self._pending["extra"],  # type: ignore[arg-type]
-        )
+        record = self._pending
+        assert record is not None and self._merged is not None
+        collected = collect_replies(replies, self.node_tasks, f"round {record.round} evaluate").enforce(self.policy)
+        record.tasks = {t: task_scores(r) for t, r in sorted(collected.valid.items())}
+        record.avg_accuracy = avg_accuracy(record.tasks)
+        record.wall_s = time.perf_counter() - self._started
         self.history.append(record)
-        log(INFO, "round %d: average test accuracy %.3f (%s), %.1f s, %.1f MB up", server_round,
-            record.avg_accuracy, ", ".join(f"{t} {s['accuracy']:.3f}" for t, s in scores.items()),
-            record.wall_s, record.bytes_up / 1e6)
+        log(INFO, "round %d: average test accuracy %.3f (%s), mean |cos| %.3f, %.1f s, %.1f MB up", record.round,
+            record.avg_accuracy, ", ".join(f"{t} {s['accuracy']:.3f}" for t, s in record.tasks.items()),
+            record.geometry["mean_abs_cosine"], record.wall_s, record.bytes_up / 1e6)
+        if self.on_round_end is not None:
+            self.on_round_end(record, self._merged)
         return MetricRecord({"avg-accuracy": record.avg_accuracy})
 
-    def note(self, key: str, value: object) -> None:
-        """Attach an extra result (e.g. a lambda-selection curve) to the current round's record."""
-        extra = self._pending["extra"]
-        assert isinstance(extra, dict)
-        extra[key] = value
-
     def summary(self) -> None:
-        log(INFO, "%s over tasks %s; %d epoch(s) per round", type(self).__name__,
-            sorted(self.node_tasks.values()), self.instructions.epochs)
+        log(INFO, "%s over tasks %s: merge %s %s, %d epoch(s) per round on the %s split", type(self).__name__,
+            sorted(self.node_tasks.values()), self.merge_step.method, self.merge_step.params,
+            self.instructions.epochs, self.instructions.split)

@@ -1,0 +1,86 @@
+"""atmflow merge: merge fine-tuned checkpoints of one base model into one model.
+
+Files are .safetensors (read one tensor at a time) or PyTorch state dicts. Every fine-tuned file must
+hold exactly the base's tensors with the same shapes and dtypes. Tensors that are not floating point
+(e.g. BatchNorm's num_batches_tracked) and floating-point tensors whose name matches an --exclude
+REGEX (frozen parameters such as classification heads) are copied from the base unchanged and
+listed. TATR without --grads is zero-shot (|tau_j| estimates the gradient, paper 003 Eq. 7).
+The output is written to a temporary file and renamed: nothing is written if the merge fails.
+
+This module does not import torch until a merge runs, so that building the CLI stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# option, parameter name, type, meaning; the methods that take each one are listed by --help
+PARAMETER_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("--lam", "lam", float, "scaling lambda of the merged task vectors"),
+    ("--alpha", "alpha", float, "step size alpha of the mean task vector"),
+    ("--k", "k", float, "TIES: fraction of each task vector kept (top-k by magnitude over all its parameters)"),
+    ("--beta", "beta", float, "Breadcrumbs: lower percentile of |tau| per tensor"),
+    ("--gamma", "gamma", float, "Breadcrumbs: upper percentile of |tau| per tensor"),
+    ("--p", "p", float, "DARE: probability of dropping each entry"),
+    ("--seed", "seed", int, "DARE: seed of the random masks"),
+    ("--trust-fraction", "trust_fraction", float, "TATR: fraction of dimensions excluded (largest Omega)"),
+)
+
+
+class _HelpWithMethods(argparse.Action):
+    """``--help`` that also lists every merge method with its parameters and defaults (from the registry)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show this help and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from atmflow.merging.registry import METHODS
+
+        rows = []
+        for name, rule in METHODS.items():
+            params = " ".join(f"--{p.name.replace('_', '-')} {p.default}" for p in rule.params())
+            rows.append(f"  {name:<12} {params}\n  {'':<12} {(rule.__doc__ or '').splitlines()[0].replace('``', '')}")
+        parser.epilog = "methods, with their parameters and defaults:\n" + "\n".join(rows)
+        parser.print_help()
+        parser.exit()
+
+
+def add_merge_command(sub: Any) -> None:
+    """Add ``merge`` to the subcommands ``sub`` (the result of ``ArgumentParser.add_subparsers``)."""
+    p = sub.add_parser("merge", help="merge fine-tuned checkpoints of one base model",
+                       description=__doc__.split("\n\nThis module")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    p.add_argument("-h", "--help", action=_HelpWithMethods)
+    p.add_argument("--method", required=True, help="merge rule (listed below)")
+    p.add_argument("--base", required=True, help="the model every checkpoint was fine-tuned from")
+    p.add_argument("--finetuned", required=True, nargs="+", metavar="FILE", help="fine-tuned checkpoints")
+    p.add_argument("--out", required=True, help="merged model (.safetensors, else written with torch.save)")
+    p.add_argument("--grads", nargs="+", metavar="FILE",
+                   help="TATR: per-task gradient estimates E|grad L_t| at the base, in --finetuned's order")
+    p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                   help="copy floating-point tensors whose name matches REGEX from the base (repeatable)")
+    for option, name, kind, meaning in PARAMETER_OPTIONS:
+        p.add_argument(option, dest=name, type=kind, default=argparse.SUPPRESS, help=meaning)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from atmflow.merging.checkpoints import merge_checkpoints
+
+    params = {name: getattr(args, name) for _, name, _, _ in PARAMETER_OPTIONS if hasattr(args, name)}
+    try:
+        report = merge_checkpoints(args.method, args.base, args.finetuned, args.out, grads=args.grads,
+                                   exclude=args.exclude, **params)
+    except (ValueError, OSError) as err:
+        print(f"atmflow merge: error: {err}", file=sys.stderr)
+        return 2
+    values = ", ".join(f"{k}={v}" for k, v in report.params.items())
+    print(f"merged {len(report.merged)} tensors ({report.parameters:,} parameters) of {len(args.finetuned)} "
+          f"checkpoints with {report.method} ({values}) into {args.out}")
+    for why, names in (("not floating point", report.not_float), ("--exclude", report.excluded)):
+        print(f"passed through unchanged, {why} ({len(names)}): {', '.join(names) or '-'}")
+    return 0

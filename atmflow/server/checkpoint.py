@@ -1,0 +1,58 @@
+"""Checkpoints after every round, and resuming from the last completed one.
+
+A checkpoint is two files in the run folder: ``checkpoint-round<K>.safetensors`` (the base model
+after round K) and ``checkpoint.json`` (the round, the resolved config and the results so far),
+the JSON written last and atomically, so a run killed mid-write leaves the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "checkpoint.json"
+# Keys that may differ between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {"resume", "round-timeout", "node-wait-s"}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def save_checkpoint(folder: Path, round_: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"checkpoint-round{round_}.safetensors"
+    tmp = folder / f".{name}.tmp"
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+    os.replace(tmp, folder / name)
+    previous = load_state(folder)
+    _atomic_write_text(folder / STATE_FILE, json.dumps({**state, "round": round_, "weights": name}, indent=2))
+    if previous and previous["weights"] != name:
+        (folder / previous["weights"]).unlink(missing_ok=True)
+
+
+def load_state(folder: Path) -> dict[str, Any] | None:
+    path = folder / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_checkpoint(folder: Path, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """The saved state and weights, if any; raise if the run's config differs from the saved one."""
+    state = load_state(folder)
+    if state is None:
+        return None
+    changed = sorted(k for k in set(config) | set(state["config"])
+                     if k not in RESUMABLE_CHANGES and config.get(k) != state["config"].get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {state['config'].get(k)!r} -> {config.get(k)!r}" for k in changed)
+        raise ValueError(f"cannot resume {folder}: the run config changed ({detail}); "
+                         "use another run-name, or the saved config")
+    return state, load_file(str(folder / state["weights"]))

@@ -1,0 +1,48 @@
+"""One-shot merging: one round; every task fine-tunes the pretrained model for the whole budget,
+the server merges the task vectors once with the chosen operator (TA, TIES, Breadcrumbs, DARE,
+TATR, TIES+TATR; see :mod:`atmflow.merging`).
+
+Lambda selection as in the literature (Ilharco et al. 2023; paper 000 Section 5): each value of
+the grid is tried, every task node tests the merged model on its own *validation* split, and the
+value with the best average validation accuracy is kept (ties: the smaller value). The whole
+curve is kept in the round's results (``extra.lambda_curve``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from logging import INFO
+from typing import Any
+
+from flwr.app import ArrayRecord
+from flwr.common.logger import log
+
+from atmflow.server.exchange import evaluate_on_tasks
+from atmflow.server.results import avg_accuracy
+from atmflow.strategies.base import RoundInputs, StateDict, TaskVectorStrategy
+
+
+class OneShot(TaskVectorStrategy):
+    def __init__(self, *args: Any, lambda_grid: Sequence[float] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lambda_grid = tuple(lambda_grid)
+
+    def merge(self, base: StateDict, inputs: RoundInputs) -> StateDict:
+        if not self.lambda_grid:
+            return self.merge_step.apply(base, inputs.vectors, inputs.num_examples, inputs.grads or None,
+                                         round_=inputs.round)
+        assert self._grid is not None
+        curve: dict[float, float] = {}
+        best, best_model = 0.0, None
+        for lam in sorted(self.lambda_grid):
+            model = self.merge_step.apply(base, inputs.vectors, inputs.num_examples, inputs.grads or None,
+                                          scale=lam, round_=inputs.round)
+            scores = evaluate_on_tasks(self._grid, self.node_tasks, ArrayRecord(model), "validation",
+                                       self.round_timeout, f"lambda={lam:g} on validation", self.policy)
+            curve[lam] = avg_accuracy(scores)
+            if best_model is None or curve[lam] > curve[best]:
+                best, best_model = lam, model
+        log(INFO, "lambda on validation: %s -> %g", ", ".join(f"{k:g}: {v:.3f}" for k, v in curve.items()), best)
+        self.note("lambda", best)
+        self.note("lambda_curve", {f"{k:g}": v for k, v in curve.items()})
+        return best_model

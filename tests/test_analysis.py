@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import torch
+
+from atmflow.analysis import task_vector_geometry
+from atmflow.strategies.merge_step import MergeStep
+
+
+def test_geometry_matches_flattened_vectors() -> None:
+    gen = torch.Generator().manual_seed(0)
+    vectors = {t: {"a": torch.randn(3, 4, generator=gen), "b": torch.randn(5, generator=gen)} for t in "xyz"}
+    geo = task_vector_geometry(vectors)
+    flat = {t: torch.cat([v["a"].flatten(), v["b"]]).double() for t, v in vectors.items()}
+    for s in "xyz":
+        assert abs(geo["norms"][s] - torch.linalg.norm(flat[s]).item()) < 1e-12
+        for t in "xyz":
+            expected = torch.nn.functional.cosine_similarity(flat[s], flat[t], dim=0).item()
+            assert abs(geo["cosine"][s][t] - expected) < 1e-12
+    pairs = [abs(geo["cosine"][a][b]) for a, b in (("x", "y"), ("x", "z"), ("y", "z"))]
+    assert abs(geo["mean_abs_cosine"] - sum(pairs) / 3) < 1e-12
+
+
+def test_orthogonal_vectors_have_zero_cosine() -> None:
+    geo = task_vector_geometry({"a": {"w": torch.tensor([1.0, 0.0])}, "b": {"w": torch.tensor([0.0, 2.0])}})
+    assert geo["cosine"]["a"]["b"] == 0.0 and geo["norms"] == {"a": 1.0, "b": 2.0}
+
+
+def test_example_weighted_mean_is_fedavg() -> None:
+    base = {"w": torch.zeros(2)}
+    vectors = {"a": {"w": torch.tensor([1.0, 0.0])}, "b": {"w": torch.tensor([0.0, 1.0])}}
+    sizes = {"a": 30.0, "b": 10.0}
+    uniform = MergeStep("mean", {"alpha": 1.0}).apply(base, vectors, sizes)
+    weighted = MergeStep("mean", {"alpha": 1.0}, "examples").apply(base, vectors, sizes)
+    assert torch.allclose(uniform["w"], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(weighted["w"], torch.tensor([0.75, 0.25]))  # sum_t n_t tau_t / sum_t n_t
+
+
+def test_scale_override_replaces_lambda() -> None:
+    base = {"w": torch.zeros(1)}
+    vectors = {"a": {"w": torch.ones(1)}, "b": {"w": torch.ones(1)}}
+    step = MergeStep("ta", {"lam": 0.3})
+    assert torch.allclose(step.apply(base, vectors, {"a": 1.0, "b": 1.0})["w"], torch.tensor([0.6]))
+    assert torch.allclose(step.apply(base, vectors, {"a": 1.0, "b": 1.0}, scale=1.0)["w"], torch.tensor([2.0]))
+
+
+def test_dare_draws_new_masks_each_round() -> None:
+    base = {"w": torch.zeros(1000)}
+    vectors = {"a": {"w": torch.ones(1000)}, "b": {"w": torch.ones(1000)}}
+    step = MergeStep("dare", {"p": 0.5, "seed": 0, "lam": 1.0})
+    one, two = (step.apply(base, vectors, {"a": 1.0, "b": 1.0}, round_=r)["w"] for r in (1, 2))
+    assert not torch.equal(one, two)
+    assert torch.equal(one, step.apply(base, vectors, {"a": 1.0, "b": 1.0}, round_=1)["w"])
