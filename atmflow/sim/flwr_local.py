@@ -47,12 +47,26 @@ def flwr_env(flwr_home: Path) -> dict[str, str]:
     return {**os.environ, **FLWR_ENV, "FLWR_HOME": str(flwr_home), "PATH": path}
 
 
+def _ancestors() -> set[int]:
+    """This process and its parents (never stopped: they may carry the same FLWR_HOME, e.g. ``make``)."""
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return pids
+
+
 def processes_with_env(key: str, value: str) -> list[int]:
-    """PIDs of this user's processes whose environment has ``key=value`` (Linux ``/proc``)."""
+    """PIDs of processes whose environment has ``key=value`` (Linux ``/proc``), except this process
+    and its ancestors."""
     marker = f"{key}={value}".encode()
+    skip = _ancestors()
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in skip:
             continue
         try:
             if marker in (entry / "environ").read_bytes().split(b"\0"):
