@@ -13,14 +13,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from atmflow.config import RunConfig
+from atmflow.files import atomic_save_tensors, atomic_write_text
 from atmflow.protocol import TrainInstructions
 
 
@@ -48,10 +47,8 @@ def store(folder: str, key: str, tau: dict[str, torch.Tensor], metrics: dict[str
     """Write an entry atomically (a half-written entry is never read: metrics.json is renamed last)."""
     entry = Path(folder) / key
     entry.mkdir(parents=True, exist_ok=True)
-    _atomic_save(tau, entry / "tau.safetensors")
-    with tempfile.NamedTemporaryFile("w", dir=entry, delete=False, suffix=".tmp") as f:
-        json.dump(metrics, f)
-    os.replace(f.name, entry / "metrics.json")
+    atomic_save_tensors(tau, entry / "tau.safetensors")
+    atomic_write_text(entry / "metrics.json", json.dumps(metrics))
 
 
 def load_grads(folder: str, key: str, exemplars: int) -> dict[str, torch.Tensor] | None:
@@ -63,10 +60,4 @@ def load_grads(folder: str, key: str, exemplars: int) -> dict[str, torch.Tensor]
 def store_grads(folder: str, key: str, exemplars: int, grads: dict[str, torch.Tensor]) -> None:
     entry = Path(folder) / key
     entry.mkdir(parents=True, exist_ok=True)
-    _atomic_save(grads, entry / f"grads-{exemplars}.safetensors")
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    atomic_save_tensors(grads, entry / f"grads-{exemplars}.safetensors")

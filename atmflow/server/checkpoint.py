@@ -8,33 +8,25 @@ the JSON written last and atomically, so a run killed mid-write leaves the previ
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from atmflow.files import atomic_save_tensors, atomic_write_text
 
 STATE_FILE = "checkpoint.json"
 # Keys that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"resume", "round-timeout", "node-wait-s"}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def save_checkpoint(folder: Path, round_: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     name = f"checkpoint-round{round_}.safetensors"
-    tmp = folder / f".{name}.tmp"
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
-    os.replace(tmp, folder / name)
+    atomic_save_tensors(weights, folder / name)
     previous = load_state(folder)
-    _atomic_write_text(folder / STATE_FILE, json.dumps({**state, "round": round_, "weights": name}, indent=2))
+    atomic_write_text(folder / STATE_FILE, json.dumps({**state, "round": round_, "weights": name}, indent=2))
     if previous and previous["weights"] != name:
         (folder / previous["weights"]).unlink(missing_ok=True)
 

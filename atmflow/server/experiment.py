@@ -22,10 +22,11 @@ import torch
 from flwr.app import ArrayRecord, MessageType
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from safetensors.torch import load_file, save_file
 
 from atmflow import protocol
 from atmflow.config import RunConfig
+from atmflow.files import atomic_save_tensors
+from atmflow.merging import load_checkpoint as load_weights_file
 from atmflow.models.encoder import pretrained_encoder, trainable_keys
 from atmflow.server.checkpoint import load_checkpoint, save_checkpoint
 from atmflow.server.exchange import evaluate_on_tasks, send_to_tasks
@@ -83,7 +84,7 @@ def individual_scores(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pr
 
 def load_start_checkpoint(path: str, pretrained: StateDict, expected: StateDict) -> StateDict:
     """PH-ATM's start from a file: the fine-tuned tensors must all be there with the right shapes."""
-    weights = load_file(path) if path.endswith(".safetensors") else torch.load(path, weights_only=True)
+    weights = load_weights_file(path)
     missing = [k for k in expected if k not in weights]
     wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
     if missing or wrong:
@@ -153,7 +154,7 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
 
     results.wall_s = time.perf_counter() - started
     results.write(out)
-    save_file({k: v.contiguous() for k, v in final.items()}, str(out / "final_encoder.safetensors"))
+    atomic_save_tensors(final, out / "final_encoder.safetensors")
     log(INFO, "results written to %s", out.resolve())
     print(results.report(), flush=True)
     return results
