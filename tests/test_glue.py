@@ -1,0 +1,96 @@
+"""GLUE loaders and metrics on small local data sets in the hub's format (offline)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atmflow.data.glue import GLUE_TASKS, glue_metrics, load_glue
+from atmflow.data.sources import DataUnavailableError
+
+SENTENCES = ["the cat sat", "a dog barked loudly", "colourless green ideas", "we ate", "she read a book",
+             "books the read she", "it rained all day", "dogs cats and birds"]
+
+
+@pytest.fixture(autouse=True)
+def _datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+def write_glue(root: Path, task: str, split: str, n: int, *, labelled: bool = True, names=None) -> None:
+    """One split of a GLUE configuration as the hub stores it: ``<config>/<split>-00000-of-00001.parquet``
+    with the same columns, an ``idx`` column and the ClassLabel names in the Parquet metadata."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    spec = GLUE_TASKS[task]
+    names = names or list(spec.class_names)
+    columns = {c: [f"{SENTENCES[(i + k) % len(SENTENCES)]} {i}" for i in range(n)] for k, c in enumerate(spec.columns)}
+    labels = [i % len(names) if labelled else -1 for i in range(n)]
+    features = Features({**{c: Value("string") for c in spec.columns}, "label": ClassLabel(names=names),
+                         "idx": Value("int32")})
+    data = Dataset.from_dict({**columns, "label": labels, "idx": list(range(n))}, features=features)
+    (root / spec.config).mkdir(parents=True, exist_ok=True)
+    data.to_parquet(str(root / spec.config / f"{split}-00000-of-00001.parquet"))
+
+
+def test_single_sentence_task_train_pool_and_validation_as_test(tmp_path: Path) -> None:
+    write_glue(tmp_path, "glue-cola", "train", 40)
+    write_glue(tmp_path, "glue-cola", "validation", 12)
+    write_glue(tmp_path, "glue-cola", "test", 9, labelled=False)  # hidden labels: never read
+    raw = load_glue("glue-cola", str(tmp_path))
+    assert raw.class_names == ("unacceptable", "acceptable") and raw.num_classes == 2
+    assert len(raw.inputs) == 40 and raw.inputs[3] == "we ate 3"
+    assert raw.labels.tolist() == [i % 2 for i in range(40)]
+    assert len(raw.test_inputs) == 12 and raw.test_labels.tolist() == [i % 2 for i in range(12)]
+
+
+def test_sentence_pairs_and_mnli_matched_validation(tmp_path: Path) -> None:
+    write_glue(tmp_path, "glue-mnli", "train", 30)
+    write_glue(tmp_path, "glue-mnli", "validation_matched", 9)
+    write_glue(tmp_path, "glue-mnli", "validation_mismatched", 5)
+    raw = load_glue("glue-mnli", str(tmp_path))
+    assert raw.inputs[0] == ("the cat sat 0", "a dog barked loudly 0")  # (premise, hypothesis)
+    assert len(raw.test_inputs) == 9 and set(raw.labels.tolist()) == {0, 1, 2}
+
+
+def test_unlabelled_rows_are_dropped_and_an_unlabelled_split_is_refused(tmp_path: Path) -> None:
+    write_glue(tmp_path, "glue-rte", "train", 10)
+    write_glue(tmp_path, "glue-rte", "validation", 6, labelled=False)
+    with pytest.raises(DataUnavailableError, match="no labels"):
+        load_glue("glue-rte", str(tmp_path))
+
+
+def test_missing_data_names_what_where_and_the_fetch_command(tmp_path: Path) -> None:
+    with pytest.raises(DataUnavailableError, match="needs glue-dir.*hf download nyu-mll/glue --repo-type dataset"):
+        load_glue("glue-sst2", "")
+    with pytest.raises(DataUnavailableError, match="does not exist.*hf download nyu-mll/glue"):
+        load_glue("glue-sst2", str(tmp_path / "nowhere"))
+    write_glue(tmp_path, "glue-sst2", "train", 10)
+    with pytest.raises(DataUnavailableError, match=r"no sst2/validation-\*\.parquet.*hf download"):
+        load_glue("glue-sst2", str(tmp_path))
+
+
+def test_wrong_configuration_is_refused(tmp_path: Path) -> None:
+    write_glue(tmp_path, "glue-qnli", "train", 10, names=["yes", "no"])
+    write_glue(tmp_path, "glue-qnli", "validation", 4)
+    with pytest.raises(DataUnavailableError, match="has classes"):
+        load_glue("glue-qnli", str(tmp_path))
+
+
+def test_metrics_matthews_f1_accuracy() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+    preds = np.array([1, 1, 0, 0, 0, 1, 1, 1])
+    tp, tn, fp, fn = 3, 2, 2, 1
+    mcc = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    cola = glue_metrics("glue-cola", preds, labels)
+    assert cola == pytest.approx({"accuracy": 5 / 8, "matthews": mcc})
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    assert glue_metrics("glue-mrpc", preds, labels) == pytest.approx({"accuracy": 5 / 8, "f1": f1})
+    assert glue_metrics("glue-qqp", preds, labels)["f1"] == pytest.approx(f1)
+    assert glue_metrics("glue-sst2", preds, labels) == {"accuracy": 5 / 8}
+    assert glue_metrics("glue-cola", labels, labels)["matthews"] == 1.0
