@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 if TYPE_CHECKING:
     import torch
 
-from atmflow.data.sources import DEFAULT_FASHION_MNIST_DIR, TASKS
+from atmflow.data.sources import DEFAULT_FASHION_MNIST_DIR
+from atmflow.data.tasks import TASK_REGISTRY, VAL_MAX, parse_data_sources, task_spec
+from atmflow.models.registry import family_entry
 
 
 def _kebab(name: str) -> str:
@@ -31,8 +33,9 @@ def _float_list(value: Any) -> tuple[float, ...]:
 
 
 # Settings that change what a client computes from a given message (not e.g. run-name or rounds).
-CLIENT_KEYS = ("train-size", "test-size", "val-fraction", "data-seed", "image-size", "head", "probe-shots",
-               "head-temperature", "seed", "precision", "model", "fashion-mnist-dir", "device")
+CLIENT_KEYS = ("train-size", "test-size", "val-fraction", "val-max", "data-seed", "image-size", "head", "probe-shots",
+               "head-temperature", "seed", "precision", "amp", "model-family", "model", "pretrained",
+               "fashion-mnist-dir", "data-sources", "dataset-dir", "hf-cache-dir", "device")
 MERGE_METHODS = ("ta", "mean", "ties", "breadcrumbs", "dare", "tatr", "ties+tatr")
 STRATEGY_SHORTHANDS = {  # strategy -> (strategy, init, default merge)
     "ta": ("oneshot", "pretrained", "ta"),
@@ -98,20 +101,29 @@ class RunConfig(BaseModel):
     num_threads: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["float32", "float64"] = "float32"  # float64: exact checks such as Theorem 3.1
+    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast when on CUDA with float32 weights
+    num_workers: int = Field(0, ge=0)  # threads that decode lazily loaded data sets (0: in the caller)
 
-    # Model and frozen heads
-    model: Literal["mobilenet-v2"] = "mobilenet-v2"
-    image_size: int = Field(64, ge=32, le=224)
-    head: Literal["probe", "random"] = "probe"
+    # Model family, model and frozen heads ("" / "auto": the family's default, atmflow.models.registry)
+    model_family: str = "mobilenet-v2"
+    model: str = ""
+    pretrained: str = ""
+    image_size: int = Field(64, ge=32, le=224)  # mobilenet-v2 input size (open_clip: the model's own)
+    head: str = "auto"
     probe_shots: int = Field(3, ge=1)
     head_temperature: float = Field(10.0, gt=0)
 
     # Data: per-task subsample sizes and split seed
-    train_size: int = Field(400, ge=10)
-    test_size: int = Field(300, ge=10)
+    # (0 = all: the literature's split, validation = val-fraction of train, at most val-max)
+    train_size: int = Field(400, ge=0)
+    test_size: int = Field(300, ge=0)
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_max: int = Field(VAL_MAX, ge=1)
     data_seed: int = Field(0, ge=0)
     fashion_mnist_dir: str = DEFAULT_FASHION_MNIST_DIR
+    data_sources: str = ""  # "task=hub-name-or-path,..." (atmflow.data.tasks)
+    dataset_dir: str = ""  # <dataset-dir>/<task> is used when it exists
+    hf_cache_dir: str = ""  # Hugging Face cache for weights and data sets ("" = HF_HOME default)
 
     # Orchestration
     round_timeout: float = Field(3600.0, gt=0)
@@ -122,9 +134,9 @@ class RunConfig(BaseModel):
     def _split_tasks(cls, value: Any) -> tuple[str, ...]:
         names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
         names = [n for n in names if n]
-        unknown = [n for n in names if n not in TASKS]
+        unknown = [n for n in names if n not in TASK_REGISTRY]
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; available: {sorted(TASKS)}")
+            raise ValueError(f"unknown task(s) {unknown}; available: {sorted(TASK_REGISTRY)}")
         if len(names) < 2:
             raise ValueError("merging needs at least two tasks")
         if len(set(names)) != len(names):
@@ -139,6 +151,25 @@ class RunConfig(BaseModel):
             strategy, init, merge = STRATEGY_SHORTHANDS[data["strategy"]]
             data = {**data, "strategy": strategy, "init": init, "merge": data.get("merge") or merge}
         return data
+
+    @field_validator("train_size", "test_size")
+    @classmethod
+    def _zero_or_ten(cls, value: int) -> int:
+        if 0 < value < 10:
+            raise ValueError("must be 0 (all examples) or at least 10")
+        return value
+
+    @field_validator("model_family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        family_entry(value)
+        return value
+
+    @field_validator("data_sources")
+    @classmethod
+    def _parse_sources(cls, value: str) -> str:
+        parse_data_sources(value)
+        return value
 
     @field_validator("lambda_grid", mode="before")
     @classmethod
@@ -157,7 +188,32 @@ class RunConfig(BaseModel):
                              f"not for merge={self.merge_method!r}")
         if self.init_checkpoint and self.strategy != "atm":
             raise ValueError("init-checkpoint starts an ATM run (PH-ATM); it needs strategy='atm'")
+        entry = family_entry(self.model_family)
+        if self.head != "auto" and self.head not in entry.heads:
+            raise ValueError(f"head={self.head!r} is not available for model-family {self.model_family!r}; "
+                             f"allowed: auto, {', '.join(entry.heads)}")
+        wrong = [t for t in self.tasks if task_spec(t).modality != entry.modality]
+        if wrong:
+            raise ValueError(f"task(s) {wrong} are not {entry.modality} tasks, which model-family "
+                             f"{self.model_family!r} needs")
+        if self.amp == "bf16" and self.precision != "float32":
+            raise ValueError("amp='bf16' (autocast) needs precision='float32' weights")
         return self
+
+    @property
+    def model_name(self) -> str:
+        """``model``, or the family's default model."""
+        return self.model or family_entry(self.model_family).default_model
+
+    @property
+    def pretrained_source(self) -> str:
+        """``pretrained`` (a tag or a local checkpoint path), or the family's default."""
+        return self.pretrained or family_entry(self.model_family).default_pretrained
+
+    @property
+    def head_kind(self) -> str:
+        """``head``, with ``auto`` resolved to the family's default head."""
+        return family_entry(self.model_family).heads[0] if self.head == "auto" else self.head
 
     @property
     def merge_method(self) -> str:

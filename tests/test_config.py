@@ -54,7 +54,7 @@ def test_resolved_config_round_trips() -> None:
         ({"lr": -1.0}, "lr: Input should be greater than 0"),
         ({"tasks": "mnist,cifar10"}, "unknown task(s) ['cifar10']; available: ['animal-mnist', 'digits'"),
         ({"tasks": "mnist"}, "at least two tasks"),
-        ({"head": "mlp"}, "head: Input should be 'probe' or 'random'"),
+        ({"head": "mlp"}, "head='mlp' is not available for model-family 'mobilenet-v2'; allowed: auto, probe, random"),
         ({"learning-rate": 0.1}, "learning-rate: unknown key"),
     ],
 )

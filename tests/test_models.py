@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from atmflow.client.evaluation import evaluate
-from atmflow.client.task import encode
-from atmflow.data.splits import load_task
+from atmflow.client.task import encode, load_task
+from atmflow.config import RunConfig
 from atmflow.models.encoder import FEATURE_DIM, pretrained_encoder, trainable_keys
 from atmflow.models.heads import few_shot_indices, probe_head, random_head
 
@@ -28,7 +28,7 @@ def test_batchnorm_statistics_stay_frozen_in_training_mode() -> None:
 
 
 def test_probe_head_leaves_headroom_but_beats_chance() -> None:
-    data = load_task("fashion-mnist", train_size=500, test_size=200, val_fraction=0.1, image_size=32, seed=0)
+    data = load_task("fashion-mnist", RunConfig(train_size=500, test_size=200, image_size=32))
     encoder = pretrained_encoder()
     idx = few_shot_indices(data.train.y.numpy(), 3, np.random.default_rng(0))
     assert len(idx) == 30

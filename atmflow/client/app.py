@@ -18,7 +18,7 @@ from atmflow.client.task import LocalTask, local_task, task_seed
 from atmflow.client.training import fine_tune
 from atmflow.config import RunConfig, load_config
 from atmflow.merging import add_scaled, task_vector
-from atmflow.models.encoder import MobileNetV2Encoder, trainable_keys
+from atmflow.models.family import get_family
 
 app = ClientApp()
 
@@ -44,16 +44,19 @@ def _setup(context: Context) -> tuple[RunConfig, str, LocalTask]:
     return cfg, task, local_task(task, cfg)
 
 
-def _encoder(msg: Message, dtype: torch.dtype) -> MobileNetV2Encoder:
-    encoder = MobileNetV2Encoder().to(dtype)
+def _encoder(msg: Message, cfg: RunConfig) -> torch.nn.Module:
+    """The run's encoder holding the received weights (strict: every tensor must match)."""
+    encoder = get_family(cfg).pretrained_encoder().to(cfg.dtype)
     encoder.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict(), strict=True)
     return encoder
 
 
 @app.query("describe")
 def describe(msg: Message, context: Context) -> Message:
-    cfg = load_config(context.run_config)
-    return Message(content=protocol.content(task=protocol.task_record(node_task(context, cfg))), reply_to=msg)
+    """Name this node's task. Loads its data, weights and head first, so that a missing data set or
+    missing weights fail the handshake, before any training starts."""
+    _, task, _ = _setup(context)
+    return Message(content=protocol.content(task=protocol.task_record(task)), reply_to=msg)
 
 
 @app.train()
@@ -67,24 +70,26 @@ def train(msg: Message, context: Context) -> Message:
     record = msg.content.config_records[protocol.CONFIG]
     how = protocol.TrainInstructions.from_record(record)
     how = protocol.TrainInstructions(**{**how.__dict__, "seed": task_seed(how.seed, task)})
-    encoder = _encoder(msg, cfg.dtype)
+    encoder = _encoder(msg, cfg)
     base = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
     key = cache.cache_key(base, how, task, cfg) if cfg.cache_dir else ""
     grads = _gradient_estimate(encoder, local, how, cfg.cache_dir, key) if how.tatr_exemplars else {}
     cached = cache.load(cfg.cache_dir, key) if key else None
     if cached is None:
-        stats = fine_tune(encoder, local.head, local.data.split(how.split), how, local.device)
+        with local.autocast():
+            stats = fine_tune(encoder, local.head, local.data.split(how.split), how, local.device)
         metrics = {"train-loss": stats.loss, "num-examples": float(stats.examples), "steps": float(stats.steps),
                    "wall-s": stats.seconds}
         tau = task_vector({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, base,
-                          trainable_keys(encoder))
+                          get_family(cfg).trainable_keys(encoder))
     else:
         tau, metrics = cached
         encoder.load_state_dict(add_scaled(base, tau, 1.0))
     completed = how.evaluate_finetuned and "finetuned-accuracy" not in metrics
     if completed:
-        metrics["finetuned-accuracy"], metrics["finetuned-loss"] = evaluate(
-            encoder, local.head, local.data.test, local.device)
+        with local.autocast():
+            metrics["finetuned-accuracy"], metrics["finetuned-loss"] = evaluate(
+                encoder, local.head, local.data.test, local.device)
     if key and (cached is None or completed):
         cache.store(cfg.cache_dir, key, tau, metrics)
     metrics["cache-hit"] = float(cached is not None)
@@ -95,12 +100,13 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=protocol.content(**records), reply_to=msg)
 
 
-def _gradient_estimate(encoder: MobileNetV2Encoder, local: LocalTask, how: protocol.TrainInstructions,
+def _gradient_estimate(encoder: torch.nn.Module, local: LocalTask, how: protocol.TrainInstructions,
                        cache_dir: str, key: str) -> dict[str, torch.Tensor]:
     """TATR's E|grad L_t| at the received base (before fine-tuning), from the cache when there."""
     grads = cache.load_grads(cache_dir, key, how.tatr_exemplars) if key else None
     if grads is None:
-        grads = mean_abs_gradient(encoder, local.head, local.data.train, how.tatr_exemplars, how.seed, local.device)
+        with local.autocast():
+            grads = mean_abs_gradient(encoder, local.head, local.data.train, how.tatr_exemplars, how.seed, local.device)
         if key:
             cache.store_grads(cache_dir, key, how.tatr_exemplars, grads)
     return grads
@@ -111,6 +117,7 @@ def evaluate_model(msg: Message, context: Context) -> Message:
     """Accuracy and loss of the received weights with this task's frozen head on one split."""
     cfg, task, local = _setup(context)
     split = str(msg.content.config_records[protocol.CONFIG]["split"])
-    accuracy, loss = evaluate(_encoder(msg, cfg.dtype), local.head, local.data.split(split), local.device)
+    with local.autocast():
+        accuracy, loss = evaluate(_encoder(msg, cfg), local.head, local.data.split(split), local.device)
     metrics = MetricRecord({"accuracy": accuracy, "loss": loss, "num-examples": len(local.data.split(split))})
     return Message(content=protocol.content(metrics=metrics, task=protocol.task_record(task)), reply_to=msg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from atmflow.data.examples import batch_to
 from atmflow.data.splits import Split
 
 
@@ -17,7 +18,7 @@ def evaluate(encoder: nn.Module, head: nn.Module, split: Split, device: torch.de
     correct, loss = 0, 0.0
     dtype = next(encoder.parameters()).dtype
     for i in range(0, len(split), batch_size):
-        x, y = split.x[i : i + batch_size].to(device, dtype), split.y[i : i + batch_size].to(device)
+        x, y = batch_to(split.x[i : i + batch_size], device, dtype), split.y[i : i + batch_size].to(device)
         logits = head(encoder(x))
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(-1) == y).sum())

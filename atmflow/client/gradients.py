@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from atmflow.data.examples import batch_to
 from atmflow.data.splits import Split
 
 
@@ -22,7 +23,7 @@ def mean_abs_gradient(encoder: nn.Module, head: nn.Module, split: Split, n: int,
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
     dtype = named[0][1].dtype
     for i in idx.tolist():
-        loss = nn.functional.cross_entropy(head(encoder(split.x[i : i + 1].to(device, dtype))),
+        loss = nn.functional.cross_entropy(head(encoder(batch_to(split.x[i : i + 1], device, dtype))),
                                            split.y[i : i + 1].to(device))
         for (k, _), g in zip(named, torch.autograd.grad(loss, [p for _, p in named]), strict=True):
             total[k] += g.abs()

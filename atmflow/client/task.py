@@ -1,18 +1,20 @@
-"""One client's task: its data splits, its frozen head, and the device it computes on."""
+"""One client's task: its data splits, its frozen head, the device it computes on and its precision."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import zlib
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from atmflow.config import RunConfig
-from atmflow.data.splits import TaskData, load_task
-from atmflow.models.encoder import FEATURE_DIM, pretrained_encoder
-from atmflow.models.heads import FrozenHead, few_shot_indices, probe_head, random_head
+from atmflow.data.splits import TaskData, make_splits
+from atmflow.data.tasks import load_raw_task
+from atmflow.models.family import encode, get_family, task_seed
+from atmflow.models.heads import FrozenHead
+
+__all__ = ["LocalTask", "encode", "load_task", "local_task", "resolve_device", "task_seed", "use_amp"]
 
 
 @dataclass(frozen=True)
@@ -20,11 +22,13 @@ class LocalTask:
     data: TaskData
     head: FrozenHead
     device: torch.device
+    amp: bool = False  # bf16 autocast of forward passes (CUDA only)
 
-
-def task_seed(seed: int, task: str) -> int:
-    """A per-task seed derived from the run seed (stable across processes and machines)."""
-    return (seed * 1_000_003 + zlib.crc32(task.encode())) % 2**31
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """Mixed precision for fine-tuning and evaluation: bf16 autocast when ``amp``, else nothing."""
+        if self.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -35,20 +39,27 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-@torch.no_grad()
-def encode(encoder: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    encoder.eval().to(device)
-    return torch.cat([encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+def use_amp(cfg: RunConfig, device: torch.device) -> bool:
+    """``amp = "auto"``: bf16 autocast on CUDA with float32 weights; ``"bf16"`` requires CUDA."""
+    if cfg.amp == "bf16" and device.type != "cuda":
+        raise RuntimeError(f"amp='bf16' needs a CUDA device; this client computes on {device} "
+                           "(use amp='auto' to autocast only on CUDA)")
+    return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda" and cfg.precision == "float32")
 
 
-def build_head(cfg: RunConfig, data: TaskData, device: torch.device) -> FrozenHead:
-    """The task's frozen head, fitted once on the pretrained encoder (see ``atmflow.models.heads``)."""
-    seed = task_seed(cfg.seed, data.name)
-    if cfg.head == "random":
-        return random_head(data.num_classes, FEATURE_DIM, seed=seed, temperature=cfg.head_temperature)
-    idx = few_shot_indices(data.train.y.numpy(), cfg.probe_shots, np.random.default_rng(seed))
-    features = encode(pretrained_encoder(), data.train.x[idx], device)
-    return probe_head(features, data.train.y[idx], data.num_classes)
+_DATA: dict[str, TaskData] = {}
+
+
+def load_task(task: str, cfg: RunConfig) -> TaskData:
+    """The task's splits, preprocessed by the run's model family (cached per process and settings)."""
+    key = json.dumps([task, cfg.client_settings()], sort_keys=True)
+    if key not in _DATA:
+        if len(_DATA) >= 16:
+            _DATA.pop(next(iter(_DATA)))
+        _DATA[key] = make_splits(task, load_raw_task(task, cfg), train_size=cfg.train_size, test_size=cfg.test_size,
+                                 val_fraction=cfg.val_fraction, val_max=cfg.val_max, seed=cfg.data_seed,
+                                 preprocess=get_family(cfg).preprocess, workers=cfg.num_workers)
+    return _DATA[key]
 
 
 _LOADED: dict[str, LocalTask] = {}
@@ -56,7 +67,7 @@ _MAX_LOADED = 8
 
 
 def local_task(task: str, cfg: RunConfig) -> LocalTask:
-    """Load the data and fit the head once per process and client settings (a client answers many
+    """Load the data and build the head once per process and client settings (a client answers many
     messages; runs that differ only in server-side settings share them)."""
     key = json.dumps([task, cfg.client_settings()], sort_keys=True)
     if key not in _LOADED:
@@ -68,6 +79,7 @@ def local_task(task: str, cfg: RunConfig) -> LocalTask:
 
 def _load_local_task(task: str, cfg: RunConfig) -> LocalTask:
     device = resolve_device(cfg.device)
-    data = load_task(task, train_size=cfg.train_size, test_size=cfg.test_size, val_fraction=cfg.val_fraction,
-                     image_size=cfg.image_size, seed=cfg.data_seed, data_dir=cfg.fashion_mnist_dir)
-    return LocalTask(data, build_head(cfg, data, device).to(device, cfg.dtype), device)
+    family = get_family(cfg)
+    family.check_available()
+    data = load_task(task, cfg)
+    return LocalTask(data, family.build_head(data, device).to(device, cfg.dtype), device, use_amp(cfg, device))

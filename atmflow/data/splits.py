@@ -1,35 +1,38 @@
-"""Per-task splits and preprocessing.
+"""Per-task splits: train / validation / test, drawn from a :class:`RawTask` with a seed.
 
 Splits (all seeded by ``data-seed``, independent of the training ``seed``):
 
-* test: the official test split where the source has one (Fashion-MNIST); otherwise a fixed 20% of
-  the images is held out as the test pool. ``test-size`` images are drawn from the test pool.
-* train / validation: ``train-size`` images are drawn from the rest; ``val-fraction`` of them
-  (10%, as paper 001 Section 4) form the validation split, the others the training split.
+* test: the official test split where the source has one (Fashion-MNIST and the paper's vision and
+  text data sets); otherwise a fixed 20% of the examples is held out as the test pool.
+  ``test-size`` examples are drawn from the test pool (``test-size = 0``: all of it).
+* train / validation: ``train-size`` examples are drawn from the rest (``train-size = 0``: all of
+  it); ``val-fraction`` of them (10%), at most ``val-max`` (5,000), form the validation split, the
+  others the training split. With ``train-size = 0`` the split is exactly the task-vector
+  literature's (paper 001 Section 4, the ATM and task_vectors code): validation = floor(10%) of
+  train, at most 5,000, by ``torch`` ``random_split`` with seed ``data-seed`` (0); see
+  :func:`literature_split`. With ``test-size = 0`` the test split is the whole test pool.
 
-Images become ``[N, 3, S, S]`` float tensors: grey -> bilinear resize to ``image-size`` -> three
-identical channels -> ImageNet mean / std normalisation (what the pretrained backbone expects).
+The model family's ``preprocess`` turns the selected examples into the split's input tensor (see
+:mod:`atmflow.data.examples`); large lazily decoded sources give lazy views instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from atmflow.data.sources import DEFAULT_FASHION_MNIST_DIR, TASKS, RawTask
+from atmflow.data.examples import LazyInputs, Preprocess, materialise
+from atmflow.data.sources import RawTask
+from atmflow.data.tasks import VAL_MAX
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HELD_OUT_TEST_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
 class Split:
-    x: torch.Tensor  # [N, 3, S, S] float32, normalised
+    x: torch.Tensor | LazyInputs  # [N, ...] preprocessed inputs (or a lazy view yielding them)
     y: torch.Tensor  # [N] int64
 
     def __len__(self) -> int:
@@ -43,6 +46,7 @@ class TaskData:
     train: Split
     validation: Split
     test: Split
+    class_names: tuple[str, ...] = ()
 
     def split(self, name: str) -> Split:
         if name not in ("train", "validation", "test"):
@@ -50,51 +54,48 @@ class TaskData:
         return getattr(self, name)
 
 
-def preprocess(images: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 ``[N, H, W]`` grey images -> normalised ``[N, 3, size, size]`` float32."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    x = x.expand(-1, 3, -1, -1)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
-
-
 def _pools(raw: RawTask, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    if raw.test_images is not None and raw.test_labels is not None:
-        return raw.images, raw.labels, raw.test_images, raw.test_labels
+    """(train pool indices, train pool labels, test pool indices, test pool labels); the test pool
+    indexes ``raw.test_inputs`` when the source has an official test split, else ``raw.inputs``."""
+    if raw.test_inputs is not None and raw.test_labels is not None:
+        return np.arange(len(raw.labels)), raw.labels, np.arange(len(raw.test_labels)), raw.test_labels
     order = rng.permutation(len(raw.labels))
     n_test = int(round(HELD_OUT_TEST_FRACTION * len(order)))
     test, train = order[:n_test], order[n_test:]
-    return raw.images[train], raw.labels[train], raw.images[test], raw.labels[test]
+    return train, raw.labels[train], test, raw.labels[test]
 
 
-def make_splits(
-    name: str, raw: RawTask, *, train_size: int, test_size: int, val_fraction: float,
-    image_size: int, seed: int,
-) -> TaskData:
+def literature_split(n: int, val_fraction: float, val_max: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of ``n`` training examples exactly as the task-vector code splits
+    them (``split_train_into_train_val``: ``torch.utils.data.random_split`` into ``n - v`` and
+    ``v = min(floor(val_fraction * n), val_max)`` with ``torch.Generator().manual_seed(seed)``)."""
+    n_val = min(int(n * val_fraction), val_max)
+    if not 0 < n_val < n:
+        raise ValueError(f"a validation split of {n_val} examples out of {n} leaves no train or validation data")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    return order[: n - n_val], order[n - n_val :]
+
+
+def make_splits(name: str, raw: RawTask, *, train_size: int, test_size: int, val_fraction: float, seed: int,
+                preprocess: Preprocess, val_max: int = VAL_MAX, workers: int = 0) -> TaskData:
     """Draw the task's train / validation / test splits (see module docstring)."""
     rng = np.random.default_rng(seed)
-    x_pool, y_pool, x_test_pool, y_test_pool = _pools(raw, rng)
+    pool, y_pool, test_pool, y_test_pool = _pools(raw, rng)
     for what, want, have in (("train-size", train_size, len(y_pool)), ("test-size", test_size, len(y_test_pool))):
         if want > have:
-            raise ValueError(f"{what}={want} is larger than task {name!r} allows ({have} images available)")
-    picked = rng.permutation(len(y_pool))[:train_size]
-    n_val = max(1, int(round(val_fraction * train_size)))
-    val_idx, train_idx = picked[:n_val], picked[n_val:]
-    test_idx = rng.permutation(len(y_test_pool))[:test_size]
+            raise ValueError(f"{what}={want} is larger than task {name!r} allows ({have} examples available)")
+    if train_size:
+        picked = rng.permutation(len(y_pool))[:train_size]
+        n_val = min(val_max, max(1, int(round(val_fraction * train_size))))
+        val_idx, train_idx = picked[:n_val], picked[n_val:]
+    else:
+        train_idx, val_idx = literature_split(len(y_pool), val_fraction, val_max, seed)
+    test_idx = rng.permutation(len(y_test_pool))[:test_size] if test_size else np.arange(len(y_test_pool))
+    test_inputs = raw.inputs if raw.test_inputs is None else raw.test_inputs
 
-    def split(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
-        return Split(preprocess(x[idx], image_size), torch.from_numpy(y[idx]))
+    def split(inputs: object, where: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> Split:
+        return Split(materialise(inputs, where[idx], preprocess, workers), torch.from_numpy(labels[idx]))
 
-    return TaskData(name, raw.num_classes, split(x_pool, y_pool, train_idx),
-                    split(x_pool, y_pool, val_idx), split(x_test_pool, y_test_pool, test_idx))
-
-
-@lru_cache(maxsize=16)
-def load_task(name: str, *, train_size: int, test_size: int, val_fraction: float, image_size: int,
-              seed: int, data_dir: str = DEFAULT_FASHION_MNIST_DIR) -> TaskData:
-    """Load and split one task (cached per process: a client answers many messages)."""
-    raw = TASKS[name](data_dir)
-    return make_splits(name, raw, train_size=train_size, test_size=test_size, val_fraction=val_fraction,
-                       image_size=image_size, seed=seed)
+    return TaskData(name, raw.num_classes, split(raw.inputs, pool, y_pool, train_idx),
+                    split(raw.inputs, pool, y_pool, val_idx), split(test_inputs, test_pool, y_test_pool, test_idx),
+                    raw.class_names)

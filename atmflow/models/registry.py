@@ -1,0 +1,46 @@
+"""The model families atmflow can fine-tune and merge, by name (light: no torch import).
+
+A family (``model-family`` in the run config) is a kind of pretrained model plus everything that
+depends on it: the encoder that is fine-tuned and merged, its trainable tensors, its input
+preprocessing and the frozen per-task heads (see :class:`atmflow.models.family.ModelFamily`).
+Each entry names the class that implements it (imported on first use, so that validating a
+config stays fast) and the defaults that ``model = ""``, ``pretrained = ""`` and ``head = "auto"``
+stand for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Modality = Literal["image", "text"]
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are not where they were looked for; the message says how to get them."""
+
+
+@dataclass(frozen=True)
+class FamilyEntry:
+    target: str  # "module:Class" of the ModelFamily subclass
+    modality: Modality  # the kind of task inputs it takes (task registry: atmflow.data.tasks)
+    default_model: str  # what model = "" means
+    default_pretrained: str  # what pretrained = "" means
+    heads: tuple[str, ...]  # allowed head kinds; the first is what head = "auto" means
+    about: str = ""
+
+
+FAMILIES: dict[str, FamilyEntry] = {
+    "mobilenet-v2": FamilyEntry(
+        "atmflow.models.encoder:MobileNetV2Family", "image", "mobilenet-v2", "imagenet", ("probe", "random"),
+        "ImageNet MobileNetV2 (installed from PyPI), the embedded benchmark"),
+    "open_clip": FamilyEntry(
+        "atmflow.models.clip:OpenCLIPFamily", "image", "ViT-B-16", "openai", ("zeroshot", "probe", "random"),
+        "CLIP image encoders (open_clip) with frozen zero-shot heads, the papers' vision setting"),
+}
+
+
+def family_entry(name: str) -> FamilyEntry:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model-family {name!r}; allowed: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
