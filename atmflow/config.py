@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 from atmflow.data.sources import DEFAULT_FASHION_MNIST_DIR
 from atmflow.data.tasks import TASK_REGISTRY, VAL_MAX, parse_data_sources, task_spec
+from atmflow.data.text_tasks import TEXT_SMALL
 from atmflow.models.registry import family_entry
 
 
@@ -33,9 +34,11 @@ def _float_list(value: Any) -> tuple[float, ...]:
 
 
 # Settings that change what a client computes from a given message (not e.g. run-name or rounds).
-CLIENT_KEYS = ("train-size", "test-size", "val-fraction", "val-max", "data-seed", "image-size", "head", "probe-shots",
+CLIENT_KEYS = ("train-size", "test-size", "val-fraction", "val-max", "data-seed", "image-size", "max-length", "head",
+               "probe-shots",
                "head-temperature", "seed", "precision", "amp", "model-family", "model", "pretrained",
                "fashion-mnist-dir", "data-sources", "dataset-dir", "hf-cache-dir", "device")
+BENCHMARKS: dict[str, dict[str, Any]] = {"text-small": TEXT_SMALL}  # benchmark -> preset (kebab-case keys)
 MERGE_METHODS = ("ta", "mean", "ties", "breadcrumbs", "dare", "tatr", "ties+tatr")
 STRATEGY_SHORTHANDS = {  # strategy -> (strategy, init, default merge)
     "ta": ("oneshot", "pretrained", "ta"),
@@ -61,6 +64,7 @@ class RunConfig(BaseModel):
     # ph-atm = atm from the TA-merged model, fine-tuning on the validation splits.
     run_name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$")
     output_dir: str = "outputs"
+    benchmark: Literal["", "text-small"] = ""  # a preset of the keys below (see BENCHMARKS)
     strategy: Literal["oneshot", "atm", "ta", "pa-atm", "ph-atm"] = "atm"
     tasks: tuple[str, ...] = ("fashion-mnist", "mnist", "animal-mnist", "digits")
     seed: int = Field(0, ge=0)
@@ -109,6 +113,7 @@ class RunConfig(BaseModel):
     model: str = ""
     pretrained: str = ""
     image_size: int = Field(64, ge=32, le=224)  # mobilenet-v2 input size (open_clip: the model's own)
+    max_length: int = Field(128, ge=8, le=512)  # hf-text: tokens per example (a sentence pair: both together)
     head: str = "auto"
     probe_shots: int = Field(3, ge=1)
     head_temperature: float = Field(10.0, gt=0)
@@ -142,6 +147,24 @@ class RunConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"task listed twice: {names}")
         return tuple(names)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_benchmark(cls, data: Any) -> Any:
+        """``benchmark = "text-small"``: its preset (:data:`BENCHMARKS`) for every key that is absent or
+        at its default (a Flower run config always carries every key, so "not set" means "default")."""
+        if not isinstance(data, dict) or not data.get("benchmark"):
+            return data
+        if data["benchmark"] not in BENCHMARKS:
+            return data  # the field's own validation names the allowed values
+        out = dict(data)
+        for key, value in BENCHMARKS[data["benchmark"]].items():
+            name = key.replace("-", "_")
+            given = out.get(key, out.get(name))
+            if given is None or _normalised(given) == _normalised(cls.model_fields[name].default):
+                out.pop(name, None)
+                out[key] = value
+        return out
 
     @model_validator(mode="before")
     @classmethod
@@ -254,6 +277,14 @@ class RunConfig(BaseModel):
         """
         flat = self.model_dump(mode="json", by_alias=True)
         return {k: ",".join(str(x) for x in v) if isinstance(v, list) else v for k, v in flat.items()}
+
+
+def _normalised(value: Any) -> Any:
+    """Comparable form of a config value: lists and comma-separated strings as tuples of strings."""
+    if isinstance(value, str) and "," in value or isinstance(value, list | tuple):
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(str(v).strip() for v in items if str(v).strip())
+    return value
 
 
 class ConfigError(ValueError):

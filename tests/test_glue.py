@@ -29,7 +29,8 @@ def write_glue(root: Path, task: str, split: str, n: int, *, labelled: bool = Tr
 
     spec = GLUE_TASKS[task]
     names = names or list(spec.class_names)
-    columns = {c: [f"{SENTENCES[(i + k) % len(SENTENCES)]} {i}" for i in range(n)] for k, c in enumerate(spec.columns)}
+    columns = {c: [f"{split} {SENTENCES[(i + k) % len(SENTENCES)]} {i}" for i in range(n)]
+               for k, c in enumerate(spec.columns)}
     labels = [i % len(names) if labelled else -1 for i in range(n)]
     features = Features({**{c: Value("string") for c in spec.columns}, "label": ClassLabel(names=names),
                          "idx": Value("int32")})
@@ -44,7 +45,7 @@ def test_single_sentence_task_train_pool_and_validation_as_test(tmp_path: Path) 
     write_glue(tmp_path, "glue-cola", "test", 9, labelled=False)  # hidden labels: never read
     raw = load_glue("glue-cola", str(tmp_path))
     assert raw.class_names == ("unacceptable", "acceptable") and raw.num_classes == 2
-    assert len(raw.inputs) == 40 and raw.inputs[3] == "we ate 3"
+    assert len(raw.inputs) == 40 and raw.inputs[3] == "train we ate 3"
     assert raw.labels.tolist() == [i % 2 for i in range(40)]
     assert len(raw.test_inputs) == 12 and raw.test_labels.tolist() == [i % 2 for i in range(12)]
 
@@ -54,7 +55,7 @@ def test_sentence_pairs_and_mnli_matched_validation(tmp_path: Path) -> None:
     write_glue(tmp_path, "glue-mnli", "validation_matched", 9)
     write_glue(tmp_path, "glue-mnli", "validation_mismatched", 5)
     raw = load_glue("glue-mnli", str(tmp_path))
-    assert raw.inputs[0] == ("the cat sat 0", "a dog barked loudly 0")  # (premise, hypothesis)
+    assert raw.inputs[0] == ("train the cat sat 0", "train a dog barked loudly 0")  # (premise, hypothesis)
     assert len(raw.test_inputs) == 9 and set(raw.labels.tolist()) == {0, 1, 2}
 
 
@@ -66,13 +67,37 @@ def test_unlabelled_rows_are_dropped_and_an_unlabelled_split_is_refused(tmp_path
 
 
 def test_missing_data_names_what_where_and_the_fetch_command(tmp_path: Path) -> None:
-    with pytest.raises(DataUnavailableError, match="needs glue-dir.*hf download nyu-mll/glue --repo-type dataset"):
-        load_glue("glue-sst2", "")
+    with pytest.raises(DataUnavailableError, match=r"'nyu-mll/glue' \(sst2\) is not in the Hugging Face cache .*"
+                                                   "empty-cache.*hf download nyu-mll/glue --repo-type dataset"):
+        load_glue("glue-sst2", "nyu-mll/glue", str(tmp_path / "empty-cache"))
     with pytest.raises(DataUnavailableError, match="does not exist.*hf download nyu-mll/glue"):
         load_glue("glue-sst2", str(tmp_path / "nowhere"))
     write_glue(tmp_path, "glue-sst2", "train", 10)
-    with pytest.raises(DataUnavailableError, match=r"no sst2/validation-\*\.parquet.*hf download"):
+    with pytest.raises(DataUnavailableError, match=r"no validation-\*\.parquet in .*sst2.*hf download"):
         load_glue("glue-sst2", str(tmp_path))
+
+
+def test_glue_split_logic_through_the_task_registry(tmp_path: Path) -> None:
+    """data-sources points a task at the local copy; train / validation come from GLUE train,
+    the test split is GLUE validation (its test labels are hidden)."""
+    import torch
+
+    from atmflow.config import load_config
+    from atmflow.data.splits import make_splits
+    from atmflow.data.tasks import load_raw_task
+
+    write_glue(tmp_path, "glue-cola", "train", 60)
+    write_glue(tmp_path, "glue-cola", "validation", 30)
+    cfg = load_config({"model-family": "hf-text", "tasks": "glue-cola,glue-rte",
+                       "data-sources": f"glue-cola={tmp_path}"})
+    raw = load_raw_task("glue-cola", cfg)
+    data = make_splits("glue-cola", raw, train_size=40, test_size=20, val_fraction=0.1, seed=0,
+                       preprocess=lambda texts: torch.tensor([t.startswith("validation") for t in texts]))
+    assert (len(data.train), len(data.validation), len(data.test)) == (36, 4, 20)
+    assert not data.train.x.any() and not data.validation.x.any() and data.test.x.all()
+    everything = make_splits("glue-cola", raw, train_size=0, test_size=0, val_fraction=0.1, seed=0,
+                             preprocess=lambda texts: torch.zeros(len(texts)))
+    assert (len(everything.train), len(everything.validation), len(everything.test)) == (54, 6, 30)
 
 
 def test_wrong_configuration_is_refused(tmp_path: Path) -> None:

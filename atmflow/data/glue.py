@@ -1,12 +1,13 @@
 """The GLUE tasks of paper 000 (CoLA, SST-2, MRPC, QQP, MNLI, QNLI, RTE), read with ``datasets``.
 
-Where the data come from: a local copy of the Hugging Face hub data set ``nyu-mll/glue`` (its
-Parquet files, ``<glue-dir>/<config>/<split>-*.parquet``), fetched once on a machine with network:
+Where the data come from (the task's location, :mod:`atmflow.data.tasks`): by default the hub data
+set ``nyu-mll/glue`` read from the local Hugging Face cache, or a local copy of its Parquet files
+(``<dir>/<config>/<split>-*.parquet``), fetched once on a machine with network with
 
-    hf download nyu-mll/glue --repo-type dataset --local-dir <glue-dir>
+    hf download nyu-mll/glue --repo-type dataset --local-dir <dir>
 
-Nothing is downloaded at run time; a missing folder or file raises :class:`DataUnavailableError`
-naming it and that command.
+and given as ``data-sources = "glue-cola=<dir>,glue-rte=<dir>,..."``. Nothing is downloaded at run
+time; missing data raise :class:`DataUnavailableError` naming what and where, and that command.
 
 Splits. GLUE's test labels are hidden (``label = -1``), so, as in the task-vector literature, the
 labelled GLUE *validation* split (``validation_matched`` for MNLI) is our test split, and our
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from atmflow.data.sources import DataUnavailableError
-from atmflow.data.text_tasks import RawText
+from atmflow.data.sources import DataUnavailableError, RawTask
 
 GLUE_HUB_ID = "nyu-mll/glue"
 
@@ -51,53 +52,88 @@ GLUE_TASKS: dict[str, GlueTask] = {
 
 
 def fetch_command(directory: str) -> str:
-    return f"hf download {GLUE_HUB_ID} --repo-type dataset --local-dir {directory or '<glue-dir>'}"
+    return f"hf download {GLUE_HUB_ID} --repo-type dataset --local-dir {directory or '<dir>'}"
 
 
-def _read_split(task: str, spec: GlueTask, root: Path, split: str) -> tuple[list, np.ndarray]:
-    """(texts or sentence pairs, labels) of one split; rows without a label (-1) are dropped."""
-    files = sorted((root / spec.config).glob(f"{split}-*.parquet"))
-    if not files:
+def _open_local(task: str, spec: GlueTask, root: Path) -> Any:
+    """The Parquet files of ``<root>/<config>/`` (or of ``root`` itself) as a ``DatasetDict``."""
+    from datasets import load_dataset
+
+    folder = root / spec.config if (root / spec.config).is_dir() else root
+    files = {split: sorted(str(f) for f in folder.glob(f"{split}-*.parquet")) for split in ("train", spec.test_split)}
+    for split, found in files.items():
+        if not found:
+            raise DataUnavailableError(
+                f"GLUE task {task!r}: no {split}-*.parquet in {folder} (the hub layout is "
+                f"<dir>/{spec.config}/{split}-00000-of-00001.parquet). Fetch GLUE on a machine with network "
+                f"with: {fetch_command(str(root))}")
+    return load_dataset("parquet", data_files=files)
+
+
+def _open_hub(task: str, spec: GlueTask, source: str, cache_dir: str) -> Any:
+    """The hub data set ``source`` from the local Hugging Face cache only (never downloads)."""
+    from datasets import load_dataset
+
+    from atmflow.data.hf_vision import hub_offline
+
+    try:
+        with hub_offline():
+            return load_dataset(source, spec.config, cache_dir=cache_dir or None)
+    except (ConnectionError, FileNotFoundError, ValueError) as err:
+        import datasets
+
+        looked = cache_dir or datasets.config.HF_DATASETS_CACHE
         raise DataUnavailableError(
-            f"GLUE task {task!r}: no {spec.config}/{split}-*.parquet in glue-dir={str(root)!r}. "
-            f"Fetch GLUE on a machine with network with: {fetch_command(str(root))}")
-    from datasets import ClassLabel, load_dataset
+            f"GLUE task {task!r}: data set {source!r} ({spec.config}) is not in the Hugging Face cache {looked} "
+            f"(atmflow reads hub data sets offline; {type(err).__name__}). Fetch it on a machine with network "
+            f"with: {fetch_command('<dir>/glue')} and set data-sources='{task}=<dir>/glue' (or dataset-dir='<dir>' "
+            f"with the files in <dir>/{task})") from err
 
-    data = load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+
+def _split(task: str, spec: GlueTask, data: Any, split: str, where: str) -> tuple[list, np.ndarray]:
+    """(texts or sentence pairs, labels) of one split; rows without a label (-1) are dropped."""
+    from datasets import ClassLabel
+
+    if split not in data:
+        raise DataUnavailableError(f"GLUE task {task!r}: {where} has no split {split!r} (has {list(data)})")
+    data = data[split]
     missing = [c for c in (*spec.columns, "label") if c not in data.column_names]
     if missing:
-        raise DataUnavailableError(f"GLUE task {task!r}: {files[0]} lacks columns {missing} "
+        raise DataUnavailableError(f"GLUE task {task!r}: {where} lacks columns {missing} "
                                    f"(has {data.column_names}); is it GLUE's {spec.config!r} configuration?")
     feature = data.features["label"]
     if isinstance(feature, ClassLabel) and tuple(feature.names) != spec.class_names:
-        raise DataUnavailableError(f"GLUE task {task!r}: {files[0]} has classes {feature.names}, "
+        raise DataUnavailableError(f"GLUE task {task!r}: {where} has classes {feature.names}, "
                                    f"expected {list(spec.class_names)}")
     labels = np.asarray(data["label"], dtype=np.int64)
     keep = np.flatnonzero(labels >= 0)
     if len(keep) == 0:
-        raise DataUnavailableError(f"GLUE task {task!r}: split {split!r} has no labels (GLUE's test splits "
-                                   "hide them); evaluate on validation")
+        raise DataUnavailableError(f"GLUE task {task!r}: split {split!r} of {where} has no labels (GLUE's test "
+                                   "splits hide them); evaluate on validation")
     columns = [data[c] for c in spec.columns]
     texts = [columns[0][i] for i in keep] if len(columns) == 1 else [(columns[0][i], columns[1][i]) for i in keep]
     return texts, labels[keep]
 
 
-def load_glue(task: str, directory: str) -> RawText:
-    """Task ``glue-*``: GLUE train as the pool of train / validation, GLUE validation as the test split."""
+def load_glue(task: str, source: str = GLUE_HUB_ID, cache_dir: str = "") -> RawTask:
+    """Task ``glue-*``: GLUE train as the pool of train / validation, GLUE validation as the test split.
+
+    ``source``: a local folder (the hub data set's files: ``<source>/<config>/<split>-*.parquet``, or
+    the configuration's folder itself), or a hub name read from the local cache (``cache_dir``)."""
     if task not in GLUE_TASKS:
         raise ValueError(f"unknown GLUE task {task!r}; available: {sorted(GLUE_TASKS)}")
-    if not directory:
-        raise DataUnavailableError(f"GLUE task {task!r} needs glue-dir, a local copy of the hub data set "
-                                   f"{GLUE_HUB_ID}. Fetch it on a machine with network with: "
-                                   f"{fetch_command('')}, then set glue-dir")
-    root = Path(directory)
-    if not root.is_dir():
-        raise DataUnavailableError(f"glue-dir={directory!r} does not exist. Fetch GLUE on a machine with "
-                                   f"network with: {fetch_command(directory)}")
     spec = GLUE_TASKS[task]
-    texts, labels = _read_split(task, spec, root, "train")
-    test_texts, test_labels = _read_split(task, spec, root, spec.test_split)
-    return RawText(texts, labels, len(spec.class_names), test_texts, test_labels, spec.class_names)
+    if source.startswith(("/", ".", "~")) or Path(source).expanduser().exists():
+        root = Path(source).expanduser()
+        if not root.is_dir():
+            raise DataUnavailableError(f"GLUE task {task!r}: folder {root} does not exist. Fetch GLUE on a "
+                                       f"machine with network with: {fetch_command(str(root))}")
+        data, where = _open_local(task, spec, root), str(root)
+    else:
+        data, where = _open_hub(task, spec, source, cache_dir), f"hub data set {source!r}"
+    texts, labels = _split(task, spec, data, "train", where)
+    test_texts, test_labels = _split(task, spec, data, spec.test_split, where)
+    return RawTask(texts, labels, len(spec.class_names), test_texts, test_labels, spec.class_names)
 
 
 def glue_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:

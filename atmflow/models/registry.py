@@ -37,6 +37,9 @@ FAMILIES: dict[str, FamilyEntry] = {
     "open_clip": FamilyEntry(
         "atmflow.models.clip:OpenCLIPFamily", "image", "ViT-B-16", "openai", ("zeroshot", "probe", "random"),
         "CLIP image encoders (open_clip) with frozen zero-shot heads, the papers' vision setting"),
+    "hf-text": FamilyEntry(
+        "atmflow.models.text:HFTextFamily", "text", "minilm-l6", "default", ("probe", "random"),
+        "transformers text encoders (MiniLM-L6, BERT-base, RoBERTa-base) with frozen heads, text tasks and GLUE"),
 }
 
 

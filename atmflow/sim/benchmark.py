@@ -17,6 +17,10 @@ deviation over seeds. Runs in-process (the real ServerApp logic and ClientApp th
 in-process grid, no Ray), jobs in parallel worker processes with one CPU thread each.
 
 Usage: ``python -m atmflow.sim.benchmark [--seeds 0 1 2] [--workers 2] [--out outputs/benchmark]``
+
+``--benchmark text-small`` runs the embedded text benchmark instead (its preset: MiniLM-L6 on five
+text tasks, :data:`atmflow.data.text_tasks.TEXT_SMALL`); ``--methods TA PA-ATM`` limits the rows
+(one-shot method names, ``PH-ATM``, ``PA-ATM``; pretrained and individual always come).
 """
 
 from __future__ import annotations
@@ -48,9 +52,10 @@ def _slug(name: str) -> str:
     return "".join(c for c in name.lower().replace(" ", "-").replace("+", "-") if c.isalnum() or c == "-")
 
 
-def run_job(job: str, seed: int, out: str, overrides: dict[str, Any], budget: int, atm_rounds: int) -> dict[str, Any]:
-    """One job of one seed: "oneshot" (every one-shot method and PH-ATM, sharing the fine-tuning cache)
-    or "pa-atm" (PA-ATM to ``atm_rounds`` rounds). Returns ``{row: {accuracy, uploaded, ...}}``."""
+def run_job(job: str, seed: int, out: str, overrides: dict[str, Any], budget: int, atm_rounds: int,
+            methods: tuple[str, ...] = (*ONESHOT, "PH-ATM")) -> dict[str, Any]:
+    """One job of one seed: "oneshot" (the one-shot ``methods`` and PH-ATM, sharing the fine-tuning
+    cache) or "pa-atm" (PA-ATM to ``atm_rounds`` rounds). Returns ``{row: {accuracy, uploaded, ...}}``."""
     from atmflow.sim.local import run_inprocess
 
     common = {**overrides, "seed": seed, "output-dir": out, "cache-dir": f"{out}/cache-seed{seed}",
@@ -67,12 +72,18 @@ def run_job(job: str, seed: int, out: str, overrides: dict[str, Any], budget: in
         rows["pretrained"] = {"accuracy": _accuracies(run.pretrained)}
         return rows
     for name, extra in ONESHOT.items():
+        if name not in methods:
+            continue
         run = run_inprocess({**common, "run-name": f"{_slug(name)}-seed{seed}", "strategy": "oneshot", **extra})
         (record,) = run.rounds
         rows[name] = {"accuracy": _accuracies(record.tasks), "uploaded": record.bytes_up,
                       "lambda": record.extra["lambda"], "mean_abs_cosine": record.geometry["mean_abs_cosine"]}
         if run.individual:
             rows["individual"] = {"accuracy": _accuracies(run.individual)}
+        if run.pretrained:
+            rows.setdefault("pretrained", {"accuracy": _accuracies(run.pretrained)})
+    if "PH-ATM" not in methods:
+        return rows
     ph = run_inprocess({**common, "run-name": f"ph-atm-seed{seed}", "strategy": "ph-atm", "rounds": budget,
                         "individual": False})
     rows[f"PH-ATM{budget}"] = {"accuracy": _accuracies(ph.rounds[-1].tasks),
@@ -100,7 +111,8 @@ def table(per_seed: dict[int, dict[str, Any]], rows: list[str]) -> str:
         mb = f"{statistics.fmean(r['uploaded'] for r in runs) / len(tasks) / 1e6:.0f}" if "uploaded" in runs[0] else "-"
         cos = f"{statistics.fmean(r['mean_abs_cosine'] for r in runs):.3f}" if "mean_abs_cosine" in runs[0] else "-"
         lines.append(f"| {row} | " + " | ".join(cells) + f" | **{avg}** | {norm} | {mb} | {cos} |")
-    lams = "; ".join(f"{m}: " + ", ".join(f"{per_seed[s][m]['lambda']:g}" for s in seeds) for m in ONESHOT)
+    lams = "; ".join(f"{m}: " + ", ".join(f"{per_seed[s][m]['lambda']:g}" for s in seeds) for m in ONESHOT
+                     if m in per_seed[seeds[0]])
     lines += ["", f"Seeds {seeds}; mean ± standard deviation over seeds. Lambda chosen on validation per seed: {lams}."]
     return "\n".join(lines)
 
@@ -115,22 +127,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--budget-epochs", type=int, default=10, help="one-shot epochs = ATM rounds compared")
     parser.add_argument("--atm-rounds", type=int, default=30, help="PA-ATM is run to this many rounds")
+    parser.add_argument("--benchmark", choices=["", "text-small"], default="",
+                        help="run config preset (text-small: the embedded text benchmark; sizes from its preset)")
+    parser.add_argument("--methods", nargs="+", default=[*ONESHOT, "PH-ATM", "PA-ATM"],
+                        help="rows to run: one-shot method names, PH-ATM, PA-ATM")
     args = parser.parse_args(argv)
+    unknown = set(args.methods) - {*ONESHOT, "PH-ATM", "PA-ATM"}
+    if unknown:
+        parser.error(f"unknown --methods {sorted(unknown)}; allowed: {[*ONESHOT, 'PH-ATM', 'PA-ATM']}")
     out = Path(args.out).resolve()
-    overrides = {"train-size": args.train_size, "test-size": args.test_size, "image-size": args.image_size,
-                 "num-threads": 1}
-    jobs = [(job, seed) for job in ("pa-atm", "oneshot") for seed in args.seeds]  # longest jobs first
+    overrides: dict[str, Any] = {"num-threads": 1}
+    if args.benchmark:
+        overrides["benchmark"] = args.benchmark
+    else:
+        overrides.update({"train-size": args.train_size, "test-size": args.test_size, "image-size": args.image_size})
+    methods = tuple(args.methods)
+    jobs = [(job, seed) for job in ("pa-atm", "oneshot") for seed in args.seeds  # longest jobs first
+            if job == "oneshot" or "PA-ATM" in methods]
     started = time.perf_counter()
     per_seed: dict[int, dict[str, Any]] = {s: {} for s in args.seeds}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = [(seed, pool.submit(run_job, job, seed, str(out), overrides, args.budget_epochs, args.atm_rounds))
-                   for job, seed in jobs]
+        futures = [(seed, pool.submit(run_job, job, seed, str(out), overrides, args.budget_epochs, args.atm_rounds,
+                                      methods)) for job, seed in jobs]
         for seed, future in futures:
             per_seed[seed].update(future.result())
-    rows = ["pretrained", *ONESHOT, f"PH-ATM{args.budget_epochs}", f"PA-ATM{args.budget_epochs}",
-            f"PA-ATM{args.atm_rounds}", "individual"]
-    text = table(per_seed, rows) + (f"\n\nTrain {args.train_size} / test {args.test_size} images per task, "
-                                    f"{args.image_size} px. Total wall time {time.perf_counter() - started:.0f} s "
+    pa_atm = dict.fromkeys([f"PA-ATM{args.budget_epochs}", f"PA-ATM{args.atm_rounds}"]) if "PA-ATM" in methods else {}
+    rows = ["pretrained", *(m for m in ONESHOT if m in methods),
+            *([f"PH-ATM{args.budget_epochs}"] if "PH-ATM" in methods else []), *pa_atm, "individual"]
+    from atmflow.config import load_config
+
+    cfg = load_config(overrides)
+    sizes = f"Train {cfg.train_size} / test {cfg.test_size} examples per task"
+    sizes += f", {cfg.max_length} tokens" if cfg.model_family == "hf-text" else f", {cfg.image_size} px"
+    text = table(per_seed, rows) + (f"\n\n{sizes}. Total wall time {time.perf_counter() - started:.0f} s "
                                     f"with {args.workers} worker(s).")
     (out / "benchmark.json").write_text(json.dumps(per_seed, indent=2))
     (out / "benchmark.md").write_text(text + "\n")
