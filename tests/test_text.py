@@ -151,3 +151,56 @@ def test_minilm_is_the_real_sentence_encoder() -> None:
     with torch.no_grad():
         f = torch.nn.functional.normalize(encoder(ids), dim=-1)
     assert f[0] @ f[1] > f[0] @ f[2] + 0.2
+
+
+def _text_run(tiny_bert: str, tmp_path: Path, **extra: object) -> dict[str, object]:
+    return {"model-family": "hf-text", "model": tiny_bert, "tasks": "debate-party,language-id", "train-size": 40,
+            "test-size": 20, "max-length": 16, "budget-epochs": 2, "lr": 1e-3, "num-threads": 1,
+            "output-dir": str(tmp_path), **extra}
+
+
+def test_whole_text_path_ta_on_a_tiny_bert(tiny_bert: str, tmp_path: Path) -> None:
+    """Frozen probe heads, fine-tuning, task vectors, the TA merge with lambda on validation, evaluation,
+    and the final encoder: pretrained + lambda * sum of task vectors, loadable into the text encoder."""
+    from safetensors.torch import load_file
+
+    from atmflow.sim.local import run_inprocess
+
+    res = run_inprocess(_text_run(tiny_bert, tmp_path, strategy="ta", **{"run-name": "ta"}))
+    (record,) = res.rounds
+    assert sorted(record.tasks) == sorted(res.individual) == ["debate-party", "language-id"]
+    assert record.extra["lambda"] in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    encoder = pretrained_text_encoder(tiny_bert)
+    n_params = sum(p.numel() for p in encoder.parameters())
+    sent = record.bytes_up_per_task  # every parameter in float32, plus the records' names and metadata
+    assert sent["debate-party"] == sent["language-id"] and 4 * n_params < sent["debate-party"] < 1.25 * 4 * n_params
+    assert all(m["num-examples"] == 36 and m["train-loss"] > 0 for m in record.train.values())
+    final = load_file(str(tmp_path / "ta" / "final_encoder.safetensors"))
+    base = encoder.state_dict()
+    assert set(final) <= set(base)
+    assert any(not torch.equal(final[k], base[k]) for k in final)  # moved away from the pretrained weights
+    encoder.load_state_dict({**base, **final}, strict=True)
+
+
+def test_pa_atm_on_a_tiny_bert(tiny_bert: str, tmp_path: Path) -> None:
+    from atmflow.sim.local import run_inprocess
+
+    res = run_inprocess(_text_run(tiny_bert, tmp_path, strategy="pa-atm", rounds=2, individual=False,
+                                  **{"run-name": "atm"}))
+    assert [r.round for r in res.rounds] == [1, 2] and res.label == "PA-ATM2"
+    assert all(0 <= s["accuracy"] <= 1 for r in res.rounds for s in r.tasks.values())
+    assert res.rounds[0].geometry["mean_abs_cosine"] > 0
+
+
+def test_minilm_text_small_runs_for_real(tmp_path: Path) -> None:
+    """The embedded benchmark's path with the real MiniLM-L6 and real data (kept small): the few-shot
+    probe heads on pretrained features are far above chance."""
+    from atmflow.sim.local import run_inprocess
+
+    res = run_inprocess({"benchmark": "text-small", "tasks": "fortune-topic,language-id", "train-size": 40,
+                         "test-size": 40, "strategy": "pa-atm", "rounds": 1, "individual": False,
+                         "output-dir": str(tmp_path), "num-threads": 1})
+    assert res.config["model"] == "minilm-l6" and res.config["max-length"] == 32
+    chance = {"fortune-topic": 1 / 6, "language-id": 1 / 8}
+    assert all(res.pretrained[t]["accuracy"] > 2 * chance[t] for t in chance)
+    assert sorted(res.rounds[0].tasks) == ["fortune-topic", "language-id"]
