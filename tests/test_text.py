@@ -204,3 +204,40 @@ def test_minilm_text_small_runs_for_real(tmp_path: Path) -> None:
     chance = {"fortune-topic": 1 / 6, "language-id": 1 / 8}
     assert all(res.pretrained[t]["accuracy"] > 2 * chance[t] for t in chance)
     assert sorted(res.rounds[0].tasks) == ["fortune-topic", "language-id"]
+
+
+def test_missing_weights_stop_the_run_before_any_client_is_called(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from atmflow.client.app import app as client_app
+    from atmflow.config import load_config
+    from atmflow.server.experiment import run_experiment
+    from atmflow.sim.inprocess import InProcessGrid
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    cfg = load_config({"model-family": "hf-text", "model": "roberta-base", "tasks": "rt-polarity,language-id",
+                       "output-dir": str(tmp_path)})
+    grid = InProcessGrid(client_app, cfg.to_run_config(), num_nodes=2)
+    sent: list[object] = []
+    for method in ("send_and_receive", "push_messages"):
+        monkeypatch.setattr(grid, method, lambda *a, **k: sent.append(a) or [])
+    with pytest.raises(TextWeightsUnavailableError, match="hf download FacebookAI/roberta-base"):
+        run_experiment(grid, cfg)
+    assert sent == []
+
+
+def test_family_check_finds_a_folder_without_weights(tmp_path: Path, tiny_bert: str) -> None:
+    import shutil
+
+    from atmflow.config import load_config
+    from atmflow.models.family import get_family
+
+    folder = tmp_path / "config-and-tokenizer-only"
+    shutil.copytree(tiny_bert, folder)
+    (folder / "model.safetensors").unlink()
+    family = get_family(load_config({"model-family": "hf-text", "model": str(folder), "tasks": "glue-cola,glue-rte"}))
+    with pytest.raises(TextWeightsUnavailableError, match=r"no weights file .* for text model .*config-and-tokenizer"):
+        family.check_available()
+    assert get_family(load_config({"model-family": "hf-text", "model": tiny_bert,
+                                   "tasks": "glue-cola,glue-rte"})).feature_dim == 16
