@@ -13,7 +13,7 @@ marker of our ``ray start`` calls, those whose command line names the root folde
 descendants (Ray's agents and workers rename themselves ``ray::...``, which hides their environment
 from ``/proc``, but they are children of the cluster's raylets).
 
-Usage (a cluster for trying ``flwr_local --ray-address``; Ctrl-C stops it):
+Usage (a cluster for trying ``flwr_local --ray-address``; Ctrl-C or SIGTERM stops it):
 ``python -m atmflow.sim.ray_cluster [--workers 1] [--num-cpus 1]``
 """
 
@@ -162,8 +162,9 @@ def _signal(procs: set[Process], sig: signal.Signals) -> None:
             pass
 
 
-def stop_local_cluster(root: Path, grace_s: float = 15.0) -> None:
-    """Stop every process of the cluster under ``root`` by PID: SIGTERM, then SIGKILL after ``grace_s``.
+def stop_local_cluster(root: Path, grace_s: float = 5.0) -> None:
+    """Stop every process of the cluster under ``root`` by PID: SIGTERM, then SIGKILL after ``grace_s``
+    (the GCS and the raylets often outlive a SIGTERM by 15 s and more; this cluster keeps no state).
     The processes are listed before any is signalled (a child whose parent died is no longer found as a
     descendant), and each PID is checked against its start time, so a reused PID is never signalled."""
     seen = cluster_processes(root)
@@ -215,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     with local_ray_cluster(args.workers, args.num_cpus) as cluster:
         print(f"Ray cluster of {args.workers + 1} nodes at {cluster.address} (temp dirs under {cluster.root}).\n"
               f"In another shell: python -m atmflow.sim.flwr_local --ray-address {cluster.address}\n"
-              "Ctrl-C stops it.", flush=True)
+              "Ctrl-C (or SIGTERM) stops it.", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # leave through the context manager's cleanup
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where SIGINT came in ignored
         try:
             signal.pause()
         except KeyboardInterrupt:
