@@ -4,6 +4,7 @@ and the client resources (CPU / GPU share) handed to Flower's Ray backend."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,8 @@ def test_ray_address_is_checked_before_anything_starts(tmp_path: Path) -> None:
     assert flwr_env(tmp_path, "10.0.0.1:6379")["RAY_ADDRESS"] == "10.0.0.1:6379"
     with pytest.raises(ValueError, match="host:port.*'head-node'"):
         check_ray_address("head-node")
+    with pytest.raises(ValueError, match=r"\(ray://\) are not supported"):
+        check_ray_address("ray://10.0.0.1:10001")
     port = free_port()
     with pytest.raises(RuntimeError, match=f"no Ray cluster answers at 127.0.0.1:{port}.*ray start --head"):
         check_ray_address(f"127.0.0.1:{port}")
@@ -88,6 +91,15 @@ def test_ray_status_parsing() -> None:
     assert active_nodes("no report") == 0
 
 
+def released_status(address: str, timeout_s: float = 60.0) -> str:
+    """``ray status`` once no CPU is in use any more (the cluster frees a finished job's actors within
+    seconds), or the last report after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while cpu_usage(status := ray_status(address))[0] > 0 and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return status
+
+
 def test_simulation_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
     """A head and a worker node (one CPU each), then a real ``flwr run`` attached to them: each of the two
     ClientApp actors runs on its own node, which a private Ray instance could not do."""
@@ -99,7 +111,7 @@ def test_simulation_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
         try:
             code = run_simulation(ROOT, flwr_home, overrides, timeout_s=600, ray_address=cluster.address)
             ran_on = nodes_that_ran(cluster, "ClientAppActor")
-            status = ray_status(cluster.address)
+            status = released_status(cluster.address)
         finally:
             leftovers = processes_with_env("FLWR_HOME", str(flwr_home))
     assert len(running) >= 6, "expected the GCS, two raylets and their agents"

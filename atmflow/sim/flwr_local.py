@@ -88,6 +88,9 @@ def processes_with_env(key: str, value: str) -> list[int]:
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
     """Fail early, naming the address, unless ``address`` is ``host:port`` and something listens there
     (the head of a Ray cluster: the address that ``ray start --head`` prints)."""
+    if "://" in address:
+        raise ValueError(f"--ray-address {address!r}: Ray Client addresses (ray://) are not supported; run "
+                         "flwr_local on a machine of the cluster and pass the head's host:port (GCS port, 6379)")
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ValueError(f"--ray-address must be '{LOCAL_RAY}' or host:port of a Ray cluster's head (the "
