@@ -7,7 +7,14 @@ ports, with ``FLWR_HOME`` inside the run folder), points a connection at it, run
 and every process that inherited this run's ``FLWR_HOME`` (SuperExec, the simulation process, Ray),
 including those that detached into a session of their own.
 
-Usage: ``python -m atmflow.sim.flwr_local [--run-config "key=value ..."] [--num-cpus-per-client 1]``
+Ray: by default the simulation starts a private Ray instance of its own (``RAY_ADDRESS=local``, so a
+cluster that someone else started on this machine is never joined by accident). With
+``--ray-address <head>:<port>`` it attaches to an existing Ray cluster instead: the simulation
+process inherits ``RAY_ADDRESS``, and Flower's Ray backend calls ``ray.init()`` without an address,
+which reads it (flwr 1.42 has no federation-config key for the address; see docs/cluster.md).
+
+Usage: ``python -m atmflow.sim.flwr_local [--run-config "key=value ..."] [--num-cpus-per-client 1]
+[--num-gpus-per-client 0.25] [--ray-address 10.0.0.1:6379]``
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ FLWR_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+LOCAL_RAY = "local"  # RAY_ADDRESS value for which ray.init() starts a new local instance
 
 
 def free_port() -> int:
@@ -40,14 +48,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def flwr_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for flwr commands: offline settings, our FLWR_HOME, and this venv's bin first on PATH
-    (the SuperLink starts ``flower-superexec`` from PATH)."""
+def flwr_env(flwr_home: Path, ray_address: str = LOCAL_RAY) -> dict[str, str]:
+    """Environment for flwr commands: offline settings, our FLWR_HOME, this venv's bin first on PATH
+    (the SuperLink starts ``flower-superexec`` from PATH), and ``RAY_ADDRESS``: ``local`` (a private Ray
+    instance) or the ``host:port`` of the cluster that the simulation's ``ray.init()`` attaches to."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, **FLWR_ENV, "FLWR_HOME": str(flwr_home), "PATH": path}
+    return {**os.environ, **FLWR_ENV, "FLWR_HOME": str(flwr_home), "PATH": path, "RAY_ADDRESS": ray_address}
 
 
-def _ancestors() -> set[int]:
+def ancestors() -> set[int]:
     """This process and its parents (never stopped: they may carry the same FLWR_HOME, e.g. ``make``)."""
     pids, pid = set(), os.getpid()
     while pid > 1:
@@ -63,7 +72,7 @@ def processes_with_env(key: str, value: str) -> list[int]:
     """PIDs of processes whose environment has ``key=value`` (Linux ``/proc``), except this process
     and its ancestors."""
     marker = f"{key}={value}".encode()
-    skip = _ancestors()
+    skip = ancestors()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in skip:
@@ -76,7 +85,25 @@ def processes_with_env(key: str, value: str) -> list[int]:
     return found
 
 
-def _bin(name: str) -> str:
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail early, naming the address, unless ``address`` is ``host:port`` and something listens there
+    (the head of a Ray cluster: the address that ``ray start --head`` prints)."""
+    if "://" in address:
+        raise ValueError(f"--ray-address {address!r}: Ray Client addresses (ray://) are not supported; run "
+                         "flwr_local on a machine of the cluster and pass the head's host:port (GCS port, 6379)")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--ray-address must be '{LOCAL_RAY}' or host:port of a Ray cluster's head (the "
+                         f"address that `ray start --head` prints), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise RuntimeError(f"no Ray cluster answers at {address} ({err}); start its head with "
+                           f"`ray start --head --port={port}` on {host} (the workers with "
+                           f"`ray start --address={address}`), or pass the address it printed") from err
+
+
+def venv_bin(name: str) -> str:
     """A console script of this interpreter's environment (the venv's flwr, not another one)."""
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
@@ -102,6 +129,15 @@ def _signal_all(pids: list[int], sig: signal.Signals) -> None:
             pass
 
 
+def stop_processes_with_env(key: str, value: str, grace_s: float = 15.0) -> None:
+    """Stop every process whose environment has ``key=value``: SIGTERM, then SIGKILL after ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    _signal_all(processes_with_env(key, value), signal.SIGTERM)
+    while (left := processes_with_env(key, value)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    _signal_all(left, signal.SIGKILL)
+
+
 def stop_run_processes(superlink: subprocess.Popen[bytes], flwr_home: Path, grace_s: float = 15.0) -> None:
     """Stop the SuperLink, then every process carrying this run's FLWR_HOME (SIGTERM, then SIGKILL)."""
     if superlink.poll() is None:
@@ -111,23 +147,21 @@ def stop_run_processes(superlink: subprocess.Popen[bytes], flwr_home: Path, grac
         except subprocess.TimeoutExpired:
             superlink.kill()
             superlink.wait()
-    deadline = time.monotonic() + grace_s
-    _signal_all(processes_with_env("FLWR_HOME", str(flwr_home)), signal.SIGTERM)
-    while (left := processes_with_env("FLWR_HOME", str(flwr_home))) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    _signal_all(left, signal.SIGKILL)
+    stop_processes_with_env("FLWR_HOME", str(flwr_home), grace_s)
 
 
 @contextmanager
-def simulation_superlink(flwr_home: Path) -> Iterator[str]:
-    """Start a simulation SuperLink; yield its address; stop it and everything it started."""
+def simulation_superlink(flwr_home: Path, ray_address: str = LOCAL_RAY) -> Iterator[str]:
+    """Start a simulation SuperLink; yield its address; stop it and everything it started. The simulation
+    processes it launches inherit ``RAY_ADDRESS=ray_address`` (see ``flwr_env``)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = flwr_home / "superlink.log"
-    cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [venv_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(port),
            "--database", str(flwr_home / "state.db"), "--log-file", str(log),
            "--health-server-address", f"127.0.0.1:{free_port()}", "--disable-runtime-dependency-installation"]
-    proc = subprocess.Popen(cmd, env=flwr_env(flwr_home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=flwr_env(flwr_home, ray_address), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         _wait_for_port(port, proc, log)
         yield f"127.0.0.1:{port}"
@@ -140,17 +174,40 @@ def write_connection(flwr_home: Path, address: str) -> None:
         f'[superlink]\ndefault = "sim"\n\n[superlink.sim]\naddress = "{address}"\ninsecure = true\n')
 
 
+def federation_config(num_supernodes: int, num_cpus_per_client: int = 1, num_gpus_per_client: float = 0.0) -> str:
+    """The ``flwr run --federation-config`` value: one virtual SuperNode per task and the Ray resources that
+    each ClientApp reserves (``client-resources-num-cpus`` / ``client-resources-num-gpus``, flwr 1.42's
+    SimulationConfig fields). A GPU share below 1 lets several clients run on one GPU at once."""
+    if num_cpus_per_client < 1:
+        raise ValueError(f"num-cpus-per-client must be an integer >= 1, got {num_cpus_per_client}")
+    if num_gpus_per_client < 0 or (num_gpus_per_client > 1 and not float(num_gpus_per_client).is_integer()):
+        raise ValueError(f"num-gpus-per-client must be a share in [0, 1] or a whole number of GPUs, got "
+                         f"{num_gpus_per_client} (Ray accepts fractions only below one GPU)")
+    return (f"num-supernodes={num_supernodes} client-resources-num-cpus={num_cpus_per_client} "
+            f"client-resources-num-gpus={float(num_gpus_per_client)}")
+
+
 def run_simulation(app_dir: Path, flwr_home: Path, run_config: str = "", num_cpus_per_client: int = 1,
-                   timeout_s: float | None = None) -> int:
-    """Validate the config, run ``flwr run`` on a fresh simulation SuperLink, return its exit code."""
+                   timeout_s: float | None = None, num_gpus_per_client: float = 0.0,
+                   ray_address: str = LOCAL_RAY) -> int:
+    """Validate the config, run ``flwr run`` on a fresh simulation SuperLink, return its exit code.
+
+    ``ray_address``: ``local`` (a private Ray instance for this run) or ``host:port`` of an existing
+    Ray cluster's head, checked to answer before anything starts."""
     cfg = load_config({**app_defaults(app_dir), **parse_overrides(run_config)})
-    federation = f"num-supernodes={len(cfg.tasks)} client-resources-num-cpus={num_cpus_per_client}"
-    with simulation_superlink(flwr_home) as address:
+    if cfg.device == "cuda" and num_gpus_per_client == 0:
+        raise ValueError("device='cuda' needs --num-gpus-per-client > 0: Ray hides the GPUs from a client "
+                         "that reserves none (CUDA_VISIBLE_DEVICES is emptied)")
+    federation = federation_config(len(cfg.tasks), num_cpus_per_client, num_gpus_per_client)
+    if ray_address != LOCAL_RAY:
+        check_ray_address(ray_address)
+    with simulation_superlink(flwr_home, ray_address) as address:
         write_connection(flwr_home, address)
-        cmd = [_bin("flwr"), "run", str(app_dir), "sim", "--stream", "--federation-config", federation]
+        cmd = [venv_bin("flwr"), "run", str(app_dir), "sim", "--stream", "--federation-config", federation]
         if run_config:
             cmd += ["--run-config", run_config]
-        return subprocess.run(cmd, env=flwr_env(flwr_home), timeout=timeout_s, check=False).returncode
+        return subprocess.run(cmd, env=flwr_env(flwr_home, ray_address), timeout=timeout_s,
+                              check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,10 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", default=".", help="folder of the Flower app (pyproject.toml)")
     parser.add_argument("--flwr-home", default=".flwr", help="FLWR_HOME for this run")
     parser.add_argument("--run-config", default="", help="run-config overrides, as for flwr run")
-    parser.add_argument("--num-cpus-per-client", type=int, default=1)
+    parser.add_argument("--num-cpus-per-client", type=int, default=1, help="CPUs each client reserves in Ray")
+    parser.add_argument("--num-gpus-per-client", type=float, default=0.0,
+                        help="GPU share each client reserves in Ray, e.g. 0.25 = four clients per GPU")
+    parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or LOCAL_RAY,
+                        help="host:port of an existing Ray cluster's head to attach to (default: $RAY_ADDRESS "
+                             "if set, else 'local' = a private Ray instance for this run)")
     args = parser.parse_args(argv)
+    local = args.ray_address == LOCAL_RAY
+    where = "a private local Ray instance" if local else f"the Ray cluster at {args.ray_address}"
+    print(f"flwr_local: the simulation runs on {where}", file=sys.stderr)
     return run_simulation(Path(args.app).resolve(), Path(args.flwr_home).resolve(), args.run_config,
-                          args.num_cpus_per_client)
+                          args.num_cpus_per_client, num_gpus_per_client=args.num_gpus_per_client,
+                          ray_address=args.ray_address)
 
 
 if __name__ == "__main__":
