@@ -1,21 +1,34 @@
-"""Deployment logic without processes: which node a reply concerns, the task handshake's checks, a node's
-data path, and the certificates script."""
+"""Deployment logic without processes: which node a reply concerns, the task handshake's checks, the
+handshake that also evaluates the pretrained model (one exchange fewer), a node's data path, and the
+certificates script."""
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from atmflow import protocol
+from atmflow.client.app import app as client_app
 from atmflow.client.app import node_data
 from atmflow.config import load_config
-from atmflow.server.exchange import TaskFailureError, collect_replies, reply_node, task_messages
-from atmflow.server.nodes import check_task_nodes, node_claims
+from atmflow.models.encoder import pretrained_encoder
+from atmflow.server.exchange import (
+    TaskFailureError,
+    collect_replies,
+    evaluate_on_tasks,
+    reply_node,
+    task_messages,
+)
+from atmflow.server.experiment import run_experiment
+from atmflow.server.nodes import check_task_nodes, discover_and_evaluate, node_claims
 from atmflow.sim.deployment import GENERATE_CERTS, LoopbackDeployment, generate_certificates
+from atmflow.sim.inprocess import InProcessGrid
 
 SUPERLINK_NODE_ID = 1  # the source id of error replies written by the SuperLink itself
 NODE_UNAVAILABLE = 5
@@ -115,3 +128,42 @@ def test_certificate_script_makes_a_server_certificate_the_ca_verifies(tmp_path:
     assert (certs / "node-mnist.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
     bad = subprocess.run(["sh", str(GENERATE_CERTS), "--bogus"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "unknown argument '--bogus'" in bad.stderr
+
+
+class CountingGrid(InProcessGrid):
+    """The in-process grid, counting exchanges (``send_and_receive`` calls) by message type."""
+
+    def __init__(self, *args: Any, fail_describe: str = "") -> None:
+        super().__init__(*args)
+        self.exchanges: list[str] = []
+        self.fail_describe = fail_describe
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        kind = messages[0].metadata.message_type
+        self.exchanges.append(kind + ("+arrays" if protocol.ARRAYS in messages[0].content.array_records else ""))
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        if self.fail_describe and self.exchanges[-1] == protocol.DESCRIBE + "+arrays":
+            replies = [Message(error=Error(code=2, reason=self.fail_describe), reply_to=m) if i == 0 else r
+                       for i, (m, r) in enumerate(zip(messages, replies, strict=True))]
+        return replies
+
+
+def test_a_fresh_run_evaluates_the_pretrained_model_in_the_handshake(tiny: dict[str, Any]) -> None:
+    cfg = load_config({**tiny, "run-name": "count", "rounds": 2, "individual": False, "tasks": "digits,mnist"})
+    grid = CountingGrid(client_app, cfg.to_run_config(), len(cfg.tasks))
+    results = run_experiment(grid, cfg)
+    train, evaluate = MessageType.TRAIN + "+arrays", MessageType.EVALUATE + "+arrays"
+    assert grid.exchanges == [protocol.DESCRIBE + "+arrays", train, evaluate, train, evaluate]
+    pretrained = ArrayRecord(pretrained_encoder().state_dict())
+    separate = evaluate_on_tasks(grid, {100: "digits", 101: "mnist"}, pretrained, "test", 60.0, "check")
+    assert results.pretrained == separate  # the same scores as the separate evaluation exchange
+
+
+def test_a_node_failing_in_the_combined_handshake_falls_back_to_separate_exchanges(tiny: dict[str, Any]) -> None:
+    cfg = load_config({**tiny, "tasks": "digits,mnist"})
+    grid = CountingGrid(client_app, cfg.to_run_config(), len(cfg.tasks), fail_describe="disk on fire")
+    pretrained = ArrayRecord(pretrained_encoder().state_dict())
+    node_tasks, scores = discover_and_evaluate(grid, cfg.tasks, 5.0, 60.0, pretrained, "test", "pretrained", "fail")
+    assert node_tasks == {100: "digits", 101: "mnist"} and sorted(scores) == ["digits", "mnist"]
+    assert grid.exchanges == [protocol.DESCRIBE + "+arrays", protocol.DESCRIBE, MessageType.EVALUATE + "+arrays"]

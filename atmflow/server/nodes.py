@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from logging import INFO, WARNING
 
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from atmflow import protocol
-from atmflow.server.exchange import reply_node, task_messages
+from atmflow.server.exchange import evaluate_on_tasks, evaluation_content, reply_node, task_messages, task_scores
 
 
 def wait_for_nodes(grid: Grid, count: int, wait_s: float) -> list[int]:
@@ -72,18 +72,47 @@ def check_task_nodes(tasks: tuple[str, ...], claimed: dict[str, list[int]], fail
     return {ids[0]: t for t, ids in claimed.items()}
 
 
+def _ask_nodes(grid: Grid, tasks: tuple[str, ...], wait_s: float, timeout: float,
+               content: RecordDict) -> tuple[list[Message], list[Message]]:
+    nodes = wait_for_nodes(grid, len(tasks), wait_s)
+    if len(nodes) < len(tasks):
+        raise RuntimeError(f"{len(nodes)} node(s) connected after {wait_s:.0f} s, but the run has "
+                           f"{len(tasks)} tasks {list(tasks)}: start one SuperNode per task")
+    sent = task_messages({node: "" for node in nodes}, protocol.DESCRIBE, lambda _: content)
+    return sent, list(grid.send_and_receive(sent, timeout=timeout))
+
+
+def _log_nodes(node_tasks: dict[int, str]) -> dict[int, str]:
+    log(INFO, "Task nodes: %s", ", ".join(f"{t} -> node {n}" for n, t in node_tasks.items()))
+    return node_tasks
+
+
 def discover_task_nodes(grid: Grid, tasks: tuple[str, ...], wait_s: float, timeout: float) -> dict[int, str]:
     """Wait (at most ``wait_s``) for one node per task, ask each node its task, check the mapping.
 
     Raises ``RuntimeError`` when too few nodes connect, two nodes claim one task, a configured task
     has no node, or a node holds a task that the run does not list.
     """
-    nodes = wait_for_nodes(grid, len(tasks), wait_s)
-    if len(nodes) < len(tasks):
-        raise RuntimeError(f"{len(nodes)} node(s) connected after {wait_s:.0f} s, but the run has "
-                           f"{len(tasks)} tasks {list(tasks)}: start one SuperNode per task")
-    sent = task_messages({node: "" for node in nodes}, protocol.DESCRIBE, lambda _: protocol.content())
-    replies = list(grid.send_and_receive(sent, timeout=timeout))
-    node_tasks = check_task_nodes(tasks, *node_claims(replies, sent))
-    log(INFO, "Task nodes: %s", ", ".join(f"{t} -> node {n}" for n, t in node_tasks.items()))
-    return node_tasks
+    sent, replies = _ask_nodes(grid, tasks, wait_s, timeout, protocol.content())
+    return _log_nodes(check_task_nodes(tasks, *node_claims(replies, sent)))
+
+
+def discover_and_evaluate(grid: Grid, tasks: tuple[str, ...], wait_s: float, timeout: float, arrays: ArrayRecord,
+                          split: str, phase: str, policy: str) -> tuple[dict[int, str], dict[str, dict[str, float]]]:
+    """The handshake and every task's evaluation of ``arrays`` in one exchange: ``(node -> task, scores)``.
+
+    In a deployment each exchange costs seconds (a new ClientApp process per message), so a fresh
+    run's handshake carries the pretrained weights. The scores are those of
+    :func:`~atmflow.server.exchange.evaluate_on_tasks` (same client code). If any node fails, this
+    falls back to the two separate exchanges, so that the failure is named by task and handled by
+    the ``on-missing-task`` policy exactly as without the shortcut.
+    """
+    sent, replies = _ask_nodes(grid, tasks, wait_s, timeout, evaluation_content(arrays, split))
+    claimed, failed = node_claims(replies, sent)
+    if failed:
+        log(WARNING, "handshake with %s: node(s) failed (%s); asking their tasks separately", phase, failed)
+        node_tasks = discover_task_nodes(grid, tasks, wait_s, timeout)
+        return node_tasks, evaluate_on_tasks(grid, node_tasks, arrays, split, timeout, phase, policy)
+    node_tasks = _log_nodes(check_task_nodes(tasks, claimed, failed))
+    by_task = {protocol.reply_task(r): r for r in replies}
+    return node_tasks, {task: task_scores(by_task[task]) for task in sorted(node_tasks.values())}
