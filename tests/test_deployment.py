@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from atmflow.cli import app_defaults, parse_overrides
+from atmflow.client.app import app as client_app
+from atmflow.config import load_config
+from atmflow.server.experiment import run_experiment
 from atmflow.sim.deployment import LoopbackDeployment
+from atmflow.sim.inprocess import InProcessGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("digits", "mnist")
@@ -57,6 +62,11 @@ def test_pa_atm_over_tls_with_supernode_authentication(tmp_path: Path,
     assert sorted(report["pretrained"]["tasks"]) == sorted(TASKS)
     assert (out / "tls" / "final_encoder.safetensors").is_file()
     assert deployment.leftovers() == []
+    # the same run in one process (in-process grid, nodes by partition-id) gives the same scores
+    cfg = load_config({**app_defaults(ROOT), **parse_overrides(run_config(tmp_path / "inprocess", "tls"))})
+    local = run_experiment(InProcessGrid(client_app, cfg.to_run_config(), len(cfg.tasks)), cfg)
+    assert report["pretrained"]["tasks"] == local.pretrained
+    assert [r["tasks"] for r in report["rounds"]] == [r.tasks for r in local.rounds]
 
 
 def _wait_for_round(out: Path, name: str, round_: int, timeout_s: float) -> None:
