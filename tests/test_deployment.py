@@ -89,7 +89,7 @@ def test_a_supernode_killed_in_round_2_fails_the_run_and_resume_completes_it(
             "first", deployment.run(ROOT, run_config(out, name, "on-missing-task='fail'"), timeout_s=900)))
         first.start()
         try:
-            _wait_for_round(out, name, 1, timeout_s=600)  # round 1 is checkpointed: round 2 is starting
+            _wait_for_round(out, name, 1, timeout_s=900)  # round 1 is checkpointed: round 2 is starting
         finally:
             deployment.kill_node("digits")
             first.join(timeout=900)
