@@ -3,7 +3,8 @@
 =========  =============================================  =============================================
 message    server -> client                               client -> server
 =========  =============================================  =============================================
-describe   (query) nothing                                ``task``: the task this node holds
+describe   (query) nothing; or, as ``evaluate``, weights  ``task``: the task this node holds [, and
+           and split (handshake + round-0 evaluation)     ``metrics`` as for evaluate]
 train      ``arrays``: base weights; ``config``: epochs,   ``arrays``: task vector (fine-tuned tensors
            optimizer, lr, weight-decay, batch-size,        only); ``metrics``: train-loss, num-examples,
            full-batch, seed, evaluate-finetuned, split,    steps, wall-s [, finetuned-accuracy/-loss];

@@ -1,7 +1,9 @@
 """The Flower ClientApp: one SuperNode = one task.
 
 Which task a node holds: ``--node-config "task='mnist'"`` in a deployment; in a simulation, the
-node's ``partition-id`` indexes the run config's ``tasks`` list.
+node's ``partition-id`` indexes the run config's ``tasks`` list. In a deployment the node's own
+data folder comes from ``--node-config "data-path='/data'"`` (for tasks read from a folder, see
+:data:`DATA_PATH_KEYS`) and overrides the run config's folder for that task.
 """
 
 from __future__ import annotations
@@ -37,10 +39,26 @@ def node_task(context: Context, cfg: RunConfig) -> str:
     return cfg.tasks[pid]
 
 
+# task -> the run-config field that a node's ``data-path`` replaces (tasks read from a folder)
+DATA_PATH_KEYS = {"fashion-mnist": "fashion_mnist_dir"}
+
+
+def node_data(context: Context, cfg: RunConfig, task: str) -> RunConfig:
+    """The run config with this node's ``data-path`` (node config) as the task's data folder."""
+    if "data-path" not in context.node_config:
+        return cfg
+    if task not in DATA_PATH_KEYS:
+        raise ValueError(f"node config data-path={context.node_config['data-path']!r} is set, but task {task!r} "
+                         f"reads its data from an installed Python package, not a folder; remove data-path "
+                         f"(it applies to {sorted(DATA_PATH_KEYS)})")
+    return cfg.model_copy(update={DATA_PATH_KEYS[task]: str(context.node_config["data-path"])})
+
+
 def _setup(context: Context) -> tuple[RunConfig, str, LocalTask]:
     cfg = load_config(context.run_config)
     torch.set_num_threads(cfg.num_threads)
     task = node_task(context, cfg)
+    cfg = node_data(context, cfg, task)
     return cfg, task, local_task(task, cfg)
 
 
@@ -53,8 +71,12 @@ def _encoder(msg: Message, cfg: RunConfig) -> torch.nn.Module:
 
 @app.query("describe")
 def describe(msg: Message, context: Context) -> Message:
-    """Name this node's task. Loads its data, weights and head first, so that a missing data set or
-    missing weights fail the handshake, before any training starts."""
+    """The task this node holds; when the message carries weights, also their evaluation (as ``evaluate``),
+    so that a fresh run's handshake and round-0 evaluation cost one exchange. Either way the node loads its
+    data, weights and head first, so that a missing data set or missing weights fail the handshake, before
+    any training starts."""
+    if protocol.ARRAYS in msg.content.array_records:
+        return evaluate_model(msg, context)
     _, task, _ = _setup(context)
     return Message(content=protocol.content(task=protocol.task_record(task)), reply_to=msg)
 

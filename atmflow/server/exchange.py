@@ -50,15 +50,32 @@ class Replies:
         return self
 
 
-def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], phase: str) -> Replies:
-    """Map replies to task names; list the tasks that failed or did not answer."""
+def reply_node(reply: Message, sent: Iterable[Message] = ()) -> int:
+    """The node a reply answers for: the destination of the message it replies to, when that message is
+    in ``sent``; else the reply's source node.
+
+    A dead SuperNode's error reply (code 5, NODE_UNAVAILABLE) is written by the SuperLink and carries
+    the SuperLink's id (1) as its source, so only ``reply_to_message_id`` names the node that failed.
+    """
+    by_id = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
+    return by_id.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
+
+def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], phase: str,
+                    sent: Iterable[Message] = ()) -> Replies:
+    """Map replies to task names; list the tasks that failed or did not answer.
+
+    Pass the messages that were ``sent`` (after sending, when they carry their ids) so that error
+    replies are mapped to the node they concern (see :func:`reply_node`).
+    """
+    sent = list(sent)
     valid: dict[str, Message] = {}
     problems: dict[str, str] = {}
     for reply in replies:
-        task = protocol.reply_task(reply) or node_tasks.get(reply.metadata.src_node_id)
+        node = reply_node(reply, sent)
+        task = protocol.reply_task(reply) or node_tasks.get(node)
         if reply.has_error():
-            problems[task or f"node {reply.metadata.src_node_id}"] = (
-                f"error {reply.error.code}: {reply.error.reason.strip()}")
+            problems[task or f"node {node}"] = f"error {reply.error.code}: {reply.error.reason.strip()}"
         elif task is not None:
             valid[task] = reply
     for task in node_tasks.values():
@@ -69,8 +86,9 @@ def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], p
 
 def send_to_tasks(grid: Grid, node_tasks: Mapping[int, str], message_type: str,
                   build: Callable[[str], RecordDict], timeout: float, phase: str) -> Replies:
-    replies = grid.send_and_receive(task_messages(node_tasks, message_type, build), timeout=timeout)
-    return collect_replies(replies, node_tasks, phase)
+    messages = task_messages(node_tasks, message_type, build)
+    replies = grid.send_and_receive(messages, timeout=timeout)
+    return collect_replies(replies, node_tasks, phase, messages)
 
 
 def check_arrays(arrays: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str | None:

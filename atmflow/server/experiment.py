@@ -30,7 +30,7 @@ from atmflow.merging import load_checkpoint as load_weights_file
 from atmflow.models.family import get_family
 from atmflow.server.checkpoint import load_checkpoint, save_checkpoint
 from atmflow.server.exchange import evaluate_on_tasks, send_to_tasks
-from atmflow.server.nodes import discover_task_nodes
+from atmflow.server.nodes import discover_and_evaluate, discover_task_nodes
 from atmflow.server.results import RoundRecord, RunResults, Scores, avg_accuracy
 from atmflow.strategies import ATM, MergeStep, OneShot, TaskVectorStrategy
 from atmflow.strategies.merge_step import operator_params
@@ -113,19 +113,20 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
     config = cfg.to_run_config()
     family = get_family(cfg)
     family.check_available()  # missing pretrained weights fail here, before any client is asked to work
-    node_tasks = discover_task_nodes(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout)
     encoder = family.pretrained_encoder().to(cfg.dtype)
     pretrained = encoder.state_dict()
     expected = {k: pretrained[k] for k in family.trainable_keys(encoder)}
 
     saved = load_checkpoint(out, config) if cfg.resume else None
     if saved is not None:
+        node_tasks = discover_task_nodes(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout)
         state, start = saved
         results = RunResults.from_json(state["results"])
         log(INFO, "resuming %s after round %d", out, state["round"])
-    else:
-        base_scores = evaluate_on_tasks(grid, node_tasks, ArrayRecord(pretrained), "test", cfg.round_timeout,
-                                        "pretrained evaluation", cfg.on_missing_task)
+    else:  # the handshake also evaluates the pretrained encoder (one exchange instead of two)
+        node_tasks, base_scores = discover_and_evaluate(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout,
+                                                        ArrayRecord(pretrained), "test", "pretrained evaluation",
+                                                        cfg.on_missing_task)
         log(INFO, "round 0 (pretrained): average test accuracy %.3f", avg_accuracy(base_scores))
         results = RunResults(cfg.strategy, cfg.label, config, base_scores, [])
         start = pretrained

@@ -1,48 +1,118 @@
-"""The handshake that tells the server which node holds which task."""
+"""The handshake that tells the server which node holds which task.
+
+Flower's ``NodeInfo`` carries no node config, so the server asks: every connected node gets a
+``query.describe`` message and answers with the task of its ``--node-config "task='...'"`` (in a
+simulation, the task its ``partition-id`` indexes). The mapping must be one node per configured
+task: two nodes claiming one task, a configured task that no node holds, or a node holding a task
+the run does not list stop the run before any work, with a message saying what to start or stop.
+
+A node that does not answer (e.g. a SuperNode that was killed but whose heartbeat has not expired
+yet, so the SuperLink still lists it) is left out with a warning when the answering nodes cover
+every task; otherwise it is named in the error.
+"""
 
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from atmflow import protocol
-from atmflow.server.exchange import task_messages
+from atmflow.server.exchange import evaluate_on_tasks, evaluation_content, reply_node, task_messages, task_scores
+
+
+def wait_for_nodes(grid: Grid, count: int, wait_s: float) -> list[int]:
+    """The connected node ids, once there are at least ``count`` (or ``wait_s`` has passed)."""
+    deadline = time.monotonic() + wait_s
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < count and time.monotonic() < deadline:
+        time.sleep(1.0)
+        nodes = list(grid.get_node_ids())
+    return nodes
+
+
+def node_claims(replies: list[Message], sent: list[Message]) -> tuple[dict[str, list[int]], dict[int, str]]:
+    """``({task: [node, ...]}, {silent or failed node: why})`` from the describe replies."""
+    claimed: dict[str, list[int]] = {}
+    failed: dict[int, str] = {}
+    for reply in replies:
+        node = reply_node(reply, sent)
+        if reply.has_error():
+            failed[node] = f"error {reply.error.code}: {reply.error.reason.strip()}"
+        else:
+            claimed.setdefault(protocol.reply_task(reply) or "?", []).append(node)
+    answered = {n for ids in claimed.values() for n in ids} | set(failed)
+    failed.update({m.metadata.dst_node_id: "no answer within the timeout" for m in sent
+                   if m.metadata.dst_node_id not in answered})
+    return claimed, failed
+
+
+def check_task_nodes(tasks: tuple[str, ...], claimed: dict[str, list[int]], failed: dict[int, str]) -> dict[int, str]:
+    """``{node: task}`` when exactly one node holds each configured task; else a clear ``RuntimeError``."""
+    twice = {t: sorted(n) for t, n in claimed.items() if len(n) > 1}
+    if twice:
+        detail = "; ".join(f"task {t!r} is claimed by nodes {n}" for t, n in sorted(twice.items()))
+        raise RuntimeError(f"handshake: several nodes claim the same task ({detail}). Each task's data must be "
+                           "on exactly one SuperNode: stop the duplicate SuperNode or give it another "
+                           "--node-config task")
+    unknown = sorted(t for t in claimed if t not in tasks)
+    if unknown:
+        raise RuntimeError(f"handshake: node(s) hold task(s) {unknown} that the run does not list "
+                           f"(tasks = {list(tasks)}); fix the SuperNode's --node-config or the run's tasks")
+    missing = [t for t in tasks if t not in claimed]
+    if missing:
+        why = f"; node(s) that did not answer: {failed}" if failed else ""
+        raise RuntimeError(f"handshake: no node holds task(s) {missing} (nodes hold {sorted(claimed)}{why}). "
+                           "Start one SuperNode per task with --node-config \"task='<name>'\"")
+    for node, why in sorted(failed.items()):
+        log(WARNING, "handshake: ignoring node %d (%s); every task has another node", node, why)
+    return {ids[0]: t for t, ids in claimed.items()}
+
+
+def _ask_nodes(grid: Grid, tasks: tuple[str, ...], wait_s: float, timeout: float,
+               content: RecordDict) -> tuple[list[Message], list[Message]]:
+    nodes = wait_for_nodes(grid, len(tasks), wait_s)
+    if len(nodes) < len(tasks):
+        raise RuntimeError(f"{len(nodes)} node(s) connected after {wait_s:.0f} s, but the run has "
+                           f"{len(tasks)} tasks {list(tasks)}: start one SuperNode per task")
+    sent = task_messages({node: "" for node in nodes}, protocol.DESCRIBE, lambda _: content)
+    return sent, list(grid.send_and_receive(sent, timeout=timeout))
+
+
+def _log_nodes(node_tasks: dict[int, str]) -> dict[int, str]:
+    log(INFO, "Task nodes: %s", ", ".join(f"{t} -> node {n}" for n, t in node_tasks.items()))
+    return node_tasks
 
 
 def discover_task_nodes(grid: Grid, tasks: tuple[str, ...], wait_s: float, timeout: float) -> dict[int, str]:
     """Wait (at most ``wait_s``) for one node per task, ask each node its task, check the mapping.
 
-    Raises ``RuntimeError`` when nodes are missing, two nodes claim one task, or a node holds a task
-    that the run does not list.
+    Raises ``RuntimeError`` when too few nodes connect, two nodes claim one task, a configured task
+    has no node, or a node holds a task that the run does not list.
     """
-    deadline = time.monotonic() + wait_s
-    nodes = list(grid.get_node_ids())
-    while len(nodes) < len(tasks) and time.monotonic() < deadline:
-        time.sleep(1.0)
-        nodes = list(grid.get_node_ids())
-    if len(nodes) < len(tasks):
-        raise RuntimeError(f"{len(nodes)} node(s) connected after {wait_s:.0f} s, but the run has "
-                           f"{len(tasks)} tasks {list(tasks)}: start one SuperNode per task")
-    messages = task_messages({node: "" for node in nodes}, protocol.DESCRIBE, lambda _: protocol.content())
-    claimed: dict[str, list[int]] = {}
-    answered: set[int] = set()
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
-        answered.add(node)
-        if reply.has_error():
-            raise RuntimeError(f"handshake: node {node} failed: {reply.error.reason}")
-        claimed.setdefault(protocol.reply_task(reply) or "?", []).append(node)
-    if silent := sorted(set(nodes) - answered):
-        raise RuntimeError(f"handshake: node(s) {silent} did not answer within {timeout:.0f} s")
-    twice = {t: n for t, n in claimed.items() if len(n) > 1}
-    if twice:
-        raise RuntimeError(f"several nodes claim the same task: {twice}")
-    missing = [t for t in tasks if t not in claimed]
-    if missing:
-        raise RuntimeError(f"no node holds task(s) {missing}; nodes hold {sorted(claimed)}")
-    node_tasks = {ids[0]: t for t, ids in claimed.items()}
-    log(INFO, "Task nodes: %s", ", ".join(f"{t} -> node {n}" for n, t in node_tasks.items()))
-    return node_tasks
+    sent, replies = _ask_nodes(grid, tasks, wait_s, timeout, protocol.content())
+    return _log_nodes(check_task_nodes(tasks, *node_claims(replies, sent)))
+
+
+def discover_and_evaluate(grid: Grid, tasks: tuple[str, ...], wait_s: float, timeout: float, arrays: ArrayRecord,
+                          split: str, phase: str, policy: str) -> tuple[dict[int, str], dict[str, dict[str, float]]]:
+    """The handshake and every task's evaluation of ``arrays`` in one exchange: ``(node -> task, scores)``.
+
+    In a deployment each exchange costs seconds (a new ClientApp process per message), so a fresh
+    run's handshake carries the pretrained weights. The scores are those of
+    :func:`~atmflow.server.exchange.evaluate_on_tasks` (same client code). If any node fails, this
+    falls back to the two separate exchanges, so that the failure is named by task and handled by
+    the ``on-missing-task`` policy exactly as without the shortcut.
+    """
+    sent, replies = _ask_nodes(grid, tasks, wait_s, timeout, evaluation_content(arrays, split))
+    claimed, failed = node_claims(replies, sent)
+    if failed:
+        log(WARNING, "handshake with %s: node(s) failed (%s); asking their tasks separately", phase, failed)
+        node_tasks = discover_task_nodes(grid, tasks, wait_s, timeout)
+        return node_tasks, evaluate_on_tasks(grid, node_tasks, arrays, split, timeout, phase, policy)
+    node_tasks = _log_nodes(check_task_nodes(tasks, claimed, failed))
+    by_task = {protocol.reply_task(r): r for r in replies}
+    return node_tasks, {task: task_scores(by_task[task]) for task in sorted(node_tasks.values())}

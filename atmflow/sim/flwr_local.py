@@ -103,25 +103,27 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
                            f"`ray start --address={address}`), or pass the address it printed") from err
 
 
-def venv_bin(name: str) -> str:
+def flwr_bin(name: str) -> str:
     """A console script of this interpreter's environment (the venv's flwr, not another one)."""
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0,
+                  name: str = "flower-superlink") -> None:
+    """Wait until ``proc`` (called ``name`` in errors) listens on 127.0.0.1:``port``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}; see {log}")
+            raise RuntimeError(f"{name} exited with code {proc.returncode}; see {log}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"flower-superlink did not listen on port {port} within {timeout:.0f} s; see {log}")
+    raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f} s; see {log}")
 
 
-def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
         try:
             os.kill(pid, sig)
@@ -129,24 +131,29 @@ def _signal_all(pids: list[int], sig: signal.Signals) -> None:
             pass
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """Stop one process we started: SIGTERM, then SIGKILL after ``grace_s``; reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def stop_processes_with_env(key: str, value: str, grace_s: float = 15.0) -> None:
-    """Stop every process whose environment has ``key=value``: SIGTERM, then SIGKILL after ``grace_s``."""
+    """Stop every process whose environment has ``key=value`` (SIGTERM, then SIGKILL)."""
     deadline = time.monotonic() + grace_s
-    _signal_all(processes_with_env(key, value), signal.SIGTERM)
+    signal_all(processes_with_env(key, value), signal.SIGTERM)
     while (left := processes_with_env(key, value)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    _signal_all(left, signal.SIGKILL)
+    signal_all(left, signal.SIGKILL)
 
 
 def stop_run_processes(superlink: subprocess.Popen[bytes], flwr_home: Path, grace_s: float = 15.0) -> None:
     """Stop the SuperLink, then every process carrying this run's FLWR_HOME (SIGTERM, then SIGKILL)."""
-    if superlink.poll() is None:
-        superlink.terminate()
-        try:
-            superlink.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            superlink.kill()
-            superlink.wait()
+    stop_process(superlink, grace_s)
     stop_processes_with_env("FLWR_HOME", str(flwr_home), grace_s)
 
 
@@ -157,13 +164,13 @@ def simulation_superlink(flwr_home: Path, ray_address: str = LOCAL_RAY) -> Itera
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = flwr_home / "superlink.log"
-    cmd = [venv_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [flwr_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(port),
            "--database", str(flwr_home / "state.db"), "--log-file", str(log),
            "--health-server-address", f"127.0.0.1:{free_port()}", "--disable-runtime-dependency-installation"]
     proc = subprocess.Popen(cmd, env=flwr_env(flwr_home, ray_address), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        _wait_for_port(port, proc, log)
+        wait_for_port(port, proc, log)
         yield f"127.0.0.1:{port}"
     finally:
         stop_run_processes(proc, flwr_home)
@@ -203,7 +210,7 @@ def run_simulation(app_dir: Path, flwr_home: Path, run_config: str = "", num_cpu
         check_ray_address(ray_address)
     with simulation_superlink(flwr_home, ray_address) as address:
         write_connection(flwr_home, address)
-        cmd = [venv_bin("flwr"), "run", str(app_dir), "sim", "--stream", "--federation-config", federation]
+        cmd = [flwr_bin("flwr"), "run", str(app_dir), "sim", "--stream", "--federation-config", federation]
         if run_config:
             cmd += ["--run-config", run_config]
         return subprocess.run(cmd, env=flwr_env(flwr_home, ray_address), timeout=timeout_s,

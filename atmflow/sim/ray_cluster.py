@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from atmflow.sim.flwr_local import FLWR_ENV, ancestors, free_port, processes_with_env, venv_bin
+from atmflow.sim.flwr_local import FLWR_ENV, ancestors, free_port, processes_with_env, flwr_bin
 
 MARKER = "ATMFLOW_RAY_CLUSTER"
 Process = tuple[int, int]  # (pid, start time in clock ticks since boot): a PID that cannot be reused unseen
@@ -56,7 +56,7 @@ def _ray_env(root: Path) -> dict[str, str]:
 
 def _ray_start(args: list[str], root: Path, log: Path, timeout_s: float) -> None:
     with log.open("ab") as out:
-        code = subprocess.run([venv_bin("ray"), "start", "--disable-usage-stats", *args], env=_ray_env(root),
+        code = subprocess.run([flwr_bin("ray"), "start", "--disable-usage-stats", *args], env=_ray_env(root),
                               stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False).returncode
     if code != 0:
         tail = log.read_text(errors="replace")[-2000:]
@@ -65,7 +65,7 @@ def _ray_start(args: list[str], root: Path, log: Path, timeout_s: float) -> None
 
 def ray_status(address: str, timeout_s: float = 60.0) -> str:
     """The output of ``ray status --address <address>`` (this venv's Ray CLI; needs no dashboard)."""
-    done = subprocess.run([venv_bin("ray"), "status", "--address", address], env={**os.environ, **FLWR_ENV},
+    done = subprocess.run([flwr_bin("ray"), "status", "--address", address], env={**os.environ, **FLWR_ENV},
                           capture_output=True, text=True, timeout=timeout_s, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"`ray status --address {address}` failed ({done.returncode}): {done.stderr[-2000:]}")

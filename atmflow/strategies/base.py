@@ -72,6 +72,7 @@ class TaskVectorStrategy(Strategy):
         self._pending: RoundRecord | None = None
         self._merged: ArrayRecord | None = None
         self._extra: dict[str, object] = {}
+        self._sent: list[Message] = []  # the last exchange's messages: error replies map back through them
 
     @abstractmethod
     def merge(self, base: StateDict, inputs: RoundInputs) -> StateDict:
@@ -86,13 +87,14 @@ class TaskVectorStrategy(Strategy):
         self._base = arrays.to_torch_state_dict()
         seed = self.instructions.seed * 100_003 + self.absolute_round(server_round)
         how = dataclasses.replace(self.instructions, seed=seed)
-        return task_messages(self.node_tasks, MessageType.TRAIN,
-                             lambda _: protocol.content(arrays=arrays, config=how.to_record()))
+        self._sent = task_messages(self.node_tasks, MessageType.TRAIN,
+                                   lambda _: protocol.content(arrays=arrays, config=how.to_record()))
+        return self._sent
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = self.absolute_round(server_round)
-        collected = collect_replies(replies, self.node_tasks, f"round {round_} train")
+        collected = collect_replies(replies, self.node_tasks, f"round {round_} train", self._sent)
         inputs = RoundInputs(round_, {}, {}, {})
         sizes: dict[str, int] = {}
         train: dict[str, dict[str, float]] = {}
@@ -131,12 +133,15 @@ class TaskVectorStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         self._merged = arrays
-        return task_messages(self.node_tasks, MessageType.EVALUATE, lambda _: evaluation_content(arrays, "test"))
+        self._sent = task_messages(self.node_tasks, MessageType.EVALUATE,
+                                   lambda _: evaluation_content(arrays, "test"))
+        return self._sent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         record = self._pending
         assert record is not None and self._merged is not None
-        collected = collect_replies(replies, self.node_tasks, f"round {record.round} evaluate").enforce(self.policy)
+        collected = collect_replies(replies, self.node_tasks, f"round {record.round} evaluate",
+                                    self._sent).enforce(self.policy)
         record.tasks = {t: task_scores(r) for t, r in sorted(collected.valid.items())}
         record.avg_accuracy = avg_accuracy(record.tasks)
         record.wall_s = time.perf_counter() - self._started
