@@ -134,3 +134,15 @@ def test_whole_vision_path_on_hub_format_data(tmp_path: Path) -> None:
     base = load_clip("atmflow-tiny-clip", "random")[0].visual.state_dict()
     assert set(merged) == {f"visual.{k}" for k in base}
     assert any(not torch.equal(merged[f"visual.{k}"], v) for k, v in base.items())
+
+
+def test_missing_data_fails_the_handshake_before_any_training(tmp_path: Path) -> None:
+    dtd = write_image_dataset(tmp_path / "dtd", ["banded", "dotted"], {"train": 20, "test": 4}, size=8)
+    overrides = {**TINY_CLIP, "tasks": "dtd,eurosat", "data-sources": f"dtd={dtd},eurosat={tmp_path / 'none'}",
+                 "output-dir": str(tmp_path / "out"), "train-size": 0, "test-size": 0, "node-wait-s": 5.0}
+    with pytest.raises(RuntimeError) as err:
+        run_inprocess(overrides)
+    message = str(err.value)
+    assert message.startswith("handshake: node") and f"no folder {tmp_path / 'none'}" in message
+    assert "load_dataset('tanganke/eurosat').save_to_disk(" in message
+    assert not (tmp_path / "out").exists()

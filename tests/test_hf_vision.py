@@ -56,6 +56,13 @@ def test_literature_splits_on_a_hub_format_dataset(tmp_path: Path) -> None:
     assert data.class_names == tuple(str(d) for d in range(10))
 
 
+def test_mobilenet_family_reads_hub_format_tasks(tmp_path: Path) -> None:
+    write_image_dataset(tmp_path / "dtd", ["banded", "dotted"], {"train": 30, "test": 10}, size=20)
+    data = load_task("dtd", RunConfig(tasks=("dtd", "svhn"), dataset_dir=str(tmp_path), train_size=20, test_size=10))
+    assert isinstance(data.test.x, LazyInputs) and data.test.x[[0, 1]].shape == (2, 3, 64, 64)
+    assert (len(data.train), len(data.validation), len(data.test)) == (18, 2, 10)
+
+
 def test_eurosat_without_test_split_and_clip_class_names(tmp_path: Path) -> None:
     path = write_image_dataset(tmp_path / "eurosat", EUROSAT_FOLDERS, {"train": 100}, size=8)
     raw = load_hf_image_task(HF_IMAGE_TASKS["eurosat"], str(path))

@@ -197,7 +197,8 @@ def _open(task: HFImageTask, source: str, cache_dir: str) -> Any:
         if (path / "state.json").is_file():
             raise DataUnavailableError(f"{path} holds a single split (Dataset.save_to_disk); task {task.task!r} "
                                        "needs a DatasetDict with 'train' and 'test' splits")
-        return datasets.load_dataset(str(path), cache_dir=cache_dir or None)
+        with hub_offline():
+            return datasets.load_dataset(str(path), cache_dir=cache_dir or None)
     looked = cache_dir or datasets.config.HF_DATASETS_CACHE
     try:
         with hub_offline():
