@@ -103,13 +103,14 @@ def discover_and_evaluate(grid: Grid, tasks: tuple[str, ...], wait_s: float, tim
 
     In a deployment each exchange costs seconds (a new ClientApp process per message), so a fresh
     run's handshake carries the pretrained weights. The scores are those of
-    :func:`~atmflow.server.exchange.evaluate_on_tasks` (same client code). If any node fails, this
-    falls back to the two separate exchanges, so that the failure is named by task and handled by
-    the ``on-missing-task`` policy exactly as without the shortcut.
+    :func:`~atmflow.server.exchange.evaluate_on_tasks` (same client code). If a node fails and its
+    task is left without an answer, this falls back to the two separate exchanges, so that the
+    failure is named by task and handled by the ``on-missing-task`` policy exactly as without the
+    shortcut.
     """
     sent, replies = _ask_nodes(grid, tasks, wait_s, timeout, evaluation_content(arrays, split))
     claimed, failed = node_claims(replies, sent)
-    if failed:
+    if failed and any(t not in claimed for t in tasks):
         log(WARNING, "handshake with %s: node(s) failed (%s); asking their tasks separately", phase, failed)
         node_tasks = discover_task_nodes(grid, tasks, wait_s, timeout)
         return node_tasks, evaluate_on_tasks(grid, node_tasks, arrays, split, timeout, phase, policy)
