@@ -32,7 +32,8 @@ def _float_list(value: Any) -> tuple[float, ...]:
 
 # Settings that change what a client computes from a given message (not e.g. run-name or rounds).
 CLIENT_KEYS = ("train-size", "test-size", "val-fraction", "data-seed", "image-size", "head", "probe-shots",
-               "head-temperature", "seed", "precision", "model", "fashion-mnist-dir", "device")
+               "head-temperature", "seed", "precision", "model", "fashion-mnist-dir", "device",
+               "finetune", "talos-sparsity", "talos-rounds", "transport-dtype")
 MERGE_METHODS = ("ta", "mean", "ties", "breadcrumbs", "dare", "tatr", "ties+tatr")
 STRATEGY_SHORTHANDS = {  # strategy -> (strategy, init, default merge)
     "ta": ("oneshot", "pretrained", "ta"),
@@ -98,6 +99,12 @@ class RunConfig(BaseModel):
     num_threads: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["float32", "float64"] = "float32"  # float64: exact checks such as Theorem 3.1
+    # TaLoS sparse fine-tuning (paper 004): talos-sparsity = fraction of the maskable parameters NOT
+    # updated (paper default 0.9: 10% are fine-tuned), mask calibrated over talos-rounds rounds (paper: 4)
+    finetune: Literal["full", "talos"] = "full"
+    talos_sparsity: float = Field(0.9, ge=0, lt=1)
+    talos_rounds: int = Field(4, ge=1)
+    transport_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # task vectors on the wire
 
     # Model and frozen heads
     model: Literal["mobilenet-v2"] = "mobilenet-v2"

@@ -6,14 +6,17 @@ node's ``partition-id`` indexes the run config's ``tasks`` list.
 
 from __future__ import annotations
 
+import time
+
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from atmflow import protocol
+from atmflow import protocol, transport
 from atmflow.client import cache
 from atmflow.client.evaluation import evaluate
 from atmflow.client.gradients import mean_abs_gradient
+from atmflow.client.talos import calibrate_mask, mask_fraction
 from atmflow.client.task import LocalTask, local_task, task_seed
 from atmflow.client.training import fine_tune
 from atmflow.config import RunConfig, load_config
@@ -73,9 +76,10 @@ def train(msg: Message, context: Context) -> Message:
     grads = _gradient_estimate(encoder, local, how, cfg.cache_dir, key) if how.tatr_exemplars else {}
     cached = cache.load(cfg.cache_dir, key) if key else None
     if cached is None:
-        stats = fine_tune(encoder, local.head, local.data.split(how.split), how, local.device)
+        mask, talos_metrics = _talos_mask(encoder, local, how, cfg)
+        stats = fine_tune(encoder, local.head, local.data.split(how.split), how, local.device, mask)
         metrics = {"train-loss": stats.loss, "num-examples": float(stats.examples), "steps": float(stats.steps),
-                   "wall-s": stats.seconds}
+                   "wall-s": stats.seconds, **talos_metrics}
         tau = task_vector({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, base,
                           trainable_keys(encoder))
     else:
@@ -88,11 +92,24 @@ def train(msg: Message, context: Context) -> Message:
     if key and (cached is None or completed):
         cache.store(cfg.cache_dir, key, tau, metrics)
     metrics["cache-hit"] = float(cached is not None)
-    records: dict[str, object] = {"arrays": ArrayRecord(tau), "metrics": MetricRecord(metrics),
-                                  "task": protocol.task_record(task)}
+    wire, spec = transport.encode(tau, cfg.transport_dtype)
+    records: dict[str, object] = {"arrays": ArrayRecord(wire), "metrics": MetricRecord(metrics),
+                                  "task": protocol.task_record(task),
+                                  protocol.TRANSPORT: ConfigRecord({"spec": spec})}
     if grads:
         records[protocol.GRADS] = ArrayRecord(grads)
     return Message(content=protocol.content(**records), reply_to=msg)
+
+
+def _talos_mask(encoder: MobileNetV2Encoder, local: LocalTask, how: protocol.TrainInstructions,
+                cfg: RunConfig) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
+    """``finetune = "talos"``: the TaLoS mask at the received base, calibrated on the validation split."""
+    if cfg.finetune != "talos":
+        return None, {}
+    start = time.perf_counter()
+    mask = calibrate_mask(encoder, local.head, local.data.validation.x, sparsity=cfg.talos_sparsity,
+                          rounds=cfg.talos_rounds, seed=how.seed, device=local.device)
+    return mask, {"talos-calibration-s": time.perf_counter() - start, "talos-kept-fraction": mask_fraction(mask)}
 
 
 def _gradient_estimate(encoder: MobileNetV2Encoder, local: LocalTask, how: protocol.TrainInstructions,
