@@ -63,6 +63,8 @@ def describe(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received base on this task; reply with the task vector and train metrics.
 
+    With ``finetune = "talos"`` only the TaLoS mask's parameters are fine-tuned (:mod:`atmflow.client.talos`).
+    The task vector travels encoded by :mod:`atmflow.transport` (sparse tensors as indices + values).
     With ``tatr-exemplars > 0`` the reply also carries TATR's gradient estimate at the received base.
     With ``cache-dir`` set, an earlier identical fine-tuning is reused (see :mod:`atmflow.client.cache`).
     """

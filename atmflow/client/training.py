@@ -6,6 +6,8 @@ Loss: cross-entropy of ``head(encoder(x))``. Two regimes:
 * full-batch (``full-batch = true``): one step per epoch on the gradient of the mean loss over the
   whole training split, accumulated in chunks of ``batch-size``. With plain SGD and one epoch the
   task vector is exactly ``-eta * grad L_t(theta_base)`` (paper 000, Theorem 3.1).
+
+Either regime can be sparse: with a TaLoS mask (paper 004) only the masked-in entries are updated.
 """
 
 from __future__ import annotations
