@@ -33,7 +33,7 @@ def _float_list(value: Any) -> tuple[float, ...]:
 # Settings that change what a client computes from a given message (not e.g. run-name or rounds).
 CLIENT_KEYS = ("train-size", "test-size", "val-fraction", "data-seed", "image-size", "head", "probe-shots",
                "head-temperature", "seed", "precision", "model", "fashion-mnist-dir", "device",
-               "finetune", "talos-sparsity", "talos-rounds", "transport-dtype")
+               "finetune", "talos-sparsity", "talos-rounds")
 MERGE_METHODS = ("ta", "mean", "ties", "breadcrumbs", "dare", "tatr", "ties+tatr")
 STRATEGY_SHORTHANDS = {  # strategy -> (strategy, init, default merge)
     "ta": ("oneshot", "pretrained", "ta"),

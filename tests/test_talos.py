@@ -128,3 +128,19 @@ def test_talos_pa_atm_end_to_end_sends_sparse_task_vectors(tiny: dict[str, Any])
     assert all(rec.bytes_up_per_task[t] < ref.bytes_up_per_task[t] / 3 for t in rec.bytes_up_per_task)
     saved = json.loads((Path(tiny["output-dir"]) / "talos" / "results.json").read_text())
     assert saved["final"]["bytes_per_client_round"] == pytest.approx(sum(rec.bytes_up_per_task.values()) / 2)
+
+
+def test_cache_key_includes_the_fine_tuning_mode_and_talos_settings() -> None:
+    from atmflow.client.cache import cache_key
+    from atmflow.config import load_config
+
+    base = {"w": torch.ones(3)}
+    how = TrainInstructions(epochs=1, optimizer="adamw", lr=1e-4, weight_decay=0.1, batch_size=8,
+                            full_batch=False, seed=0)
+    keys = {cache_key(base, how, "mnist", load_config(c)) for c in (
+        {}, {"finetune": "talos"}, {"finetune": "talos", "talos-sparsity": 0.8},
+        {"finetune": "talos", "talos-rounds": 2})}
+    assert len(keys) == 4
+    # the transport encodes the cached task vector afterwards: it does not change the fine-tuning
+    assert cache_key(base, how, "mnist", load_config({"transport-dtype": "bfloat16"})) == cache_key(
+        base, how, "mnist", load_config({}))
