@@ -17,9 +17,11 @@ from flwr.app import ArrayRecord, MessageType
 
 from atmflow import protocol
 from atmflow.client.app import app as client_app
+from atmflow.client.evaluation import evaluate
+from atmflow.client.task import local_task
 from atmflow.config import RunConfig
 from atmflow.models.encoder import pretrained_encoder
-from atmflow.server.exchange import evaluate_on_tasks, received_task_vector, send_to_tasks
+from atmflow.server.exchange import received_task_vector, send_to_tasks
 from atmflow.server.experiment import train_instructions
 from atmflow.server.nodes import discover_task_nodes
 from atmflow.server.results import Scores
@@ -37,10 +39,18 @@ class TaskVectors:
     vectors: dict[str, dict[str, torch.Tensor]]
 
     def evaluate(self, weights: dict[str, torch.Tensor], tasks: list[str], split: str) -> Scores:
-        """Accuracy and loss of ``weights`` on ``split`` of each task in ``tasks`` (each with its own head)."""
-        nodes = {n: t for n, t in self.node_tasks.items() if t in tasks}
-        return evaluate_on_tasks(self.grid, nodes, ArrayRecord(weights), split, self.cfg.round_timeout,
-                                 f"{split} evaluation")
+        """Accuracy and loss of ``weights`` on ``split`` of each task in ``tasks`` (each with its own head).
+
+        The client's own evaluation (:func:`atmflow.client.evaluation.evaluate`), run here on one
+        encoder instead of one message per task and weight setting: an alpha sweep is many of them."""
+        encoder = pretrained_encoder().to(self.cfg.dtype)
+        encoder.load_state_dict(weights)
+        scores = {}
+        for task in tasks:
+            local = local_task(task, self.cfg)
+            accuracy, loss = evaluate(encoder, local.head, local.data.split(split), local.device)
+            scores[task] = {"accuracy": accuracy, "loss": loss}
+        return scores
 
 
 def finetuned_task_vectors(cfg: RunConfig) -> TaskVectors:
