@@ -74,13 +74,33 @@ def table(rows: dict[tuple[str, str], dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def collect(out: str, seed: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """The rows of the runs found under ``out`` (``--collect``): finished runs from results.json, a run
+    still going from its last checkpoint (its label then says how many rounds it has)."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for s in STRATEGIES:
+        for m in MODES:
+            folder = Path(out) / f"{s}-{m}-seed{seed}"
+            if (folder / "results.json").is_file():
+                found[(s, m)] = json.loads((folder / "results.json").read_text())
+            elif (folder / "checkpoint.json").is_file():
+                data = json.loads((folder / "checkpoint.json").read_text())["results"]
+                data["label"] += f" (stopped after {len(data['rounds'])} of {data['config']['rounds']} rounds)"
+                found[(s, m)] = data
+    return {(s, m): summarize(r, found[("ta", m)]["individual"]) for (s, m), r in found.items() if ("ta", m) in found}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--out", default="outputs/talos")
     parser.add_argument("--run-config", default="", help="extra overrides, as for flwr run --run-config")
+    parser.add_argument("--collect", action="store_true", help="only tabulate the runs already under --out")
     args = parser.parse_args(argv)
+    if args.collect:
+        print(table(collect(args.out, args.seed)))
+        return 0
     from atmflow.cli import parse_overrides
 
     overrides = parse_overrides(args.run_config)
