@@ -1,5 +1,6 @@
 """Command line: ``atmflow validate`` checks a run config in well under a second, before ``flwr run``;
-``atmflow merge`` merges fine-tuned checkpoints."""
+``atmflow merge`` merges fine-tuned checkpoints; ``atmflow negate`` and ``atmflow disentanglement`` are
+task-arithmetic analyses of fine-tuned task vectors (paper 004)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import tomllib
 from pathlib import Path
 
 from atmflow.config import ConfigError, load_config
+from atmflow.disentanglement import add_disentanglement_command
 from atmflow.merging.cli import add_merge_command
+from atmflow.negation import add_negate_command
 
 
 def app_defaults(project: Path) -> dict[str, object]:
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--run-config", default="", help="overrides, as for flwr run: \"key=value key2='text'\"")
     check.set_defaults(func=validate)
     add_merge_command(sub)
+    add_negate_command(sub)
+    add_disentanglement_command(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

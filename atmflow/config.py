@@ -37,7 +37,8 @@ def _float_list(value: Any) -> tuple[float, ...]:
 CLIENT_KEYS = ("train-size", "test-size", "val-fraction", "val-max", "data-seed", "image-size", "max-length", "head",
                "probe-shots",
                "head-temperature", "seed", "precision", "amp", "model-family", "model", "pretrained",
-               "fashion-mnist-dir", "data-sources", "dataset-dir", "hf-cache-dir", "device")
+               "fashion-mnist-dir", "data-sources", "dataset-dir", "hf-cache-dir", "device",
+               "finetune", "talos-sparsity", "talos-rounds")
 BENCHMARKS: dict[str, dict[str, Any]] = {"text-small": TEXT_SMALL}  # benchmark -> preset (kebab-case keys)
 MERGE_METHODS = ("ta", "mean", "ties", "breadcrumbs", "dare", "tatr", "ties+tatr")
 STRATEGY_SHORTHANDS = {  # strategy -> (strategy, init, default merge)
@@ -107,6 +108,12 @@ class RunConfig(BaseModel):
     precision: Literal["float32", "float64"] = "float32"  # float64: exact checks such as Theorem 3.1
     amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast when on CUDA with float32 weights
     num_workers: int = Field(0, ge=0)  # threads that decode lazily loaded data sets (0: in the caller)
+    # TaLoS sparse fine-tuning (paper 004): talos-sparsity = fraction of the maskable parameters NOT
+    # updated (paper default 0.9: 10% are fine-tuned), mask calibrated over talos-rounds rounds (paper: 4)
+    finetune: Literal["full", "talos"] = "full"
+    talos_sparsity: float = Field(0.9, ge=0, lt=1)
+    talos_rounds: int = Field(4, ge=1)
+    transport_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # task vectors on the wire
 
     # Model family, model and frozen heads ("" / "auto": the family's default, atmflow.models.registry)
     model_family: str = "mobilenet-v2"

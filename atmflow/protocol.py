@@ -6,10 +6,13 @@ message    server -> client                               client -> server
 describe   (query) nothing; or, as ``evaluate``, weights  ``task``: the task this node holds [, and
            and split (handshake + round-0 evaluation)     ``metrics`` as for evaluate]
 train      ``arrays``: base weights; ``config``: epochs,   ``arrays``: task vector (fine-tuned tensors
-           optimizer, lr, weight-decay, batch-size,        only); ``metrics``: train-loss, num-examples,
-           full-batch, seed, evaluate-finetuned, split,    steps, wall-s [, finetuned-accuracy/-loss];
-           tatr-exemplars                                  ``grads`` (if tatr-exemplars > 0): E|grad L|
-                                                           at the received base (paper 003, Eq. 6)
+           optimizer, lr, weight-decay, batch-size,        only), encoded by :mod:`atmflow.transport`
+           full-batch, seed, evaluate-finetuned, split,    as ``transport``'s spec says (sparse tensors
+           tatr-exemplars                                  as indices + values); ``metrics``: train-loss,
+                                                           num-examples, steps, wall-s [, finetuned-
+                                                           accuracy/-loss, talos-*]; ``grads`` (if
+                                                           tatr-exemplars > 0): E|grad L| at the
+                                                           received base (paper 003, Eq. 6)
 evaluate   ``arrays``: weights; ``config``: split          ``metrics``: accuracy, loss, num-examples
 =========  =============================================  =============================================
 
@@ -27,6 +30,7 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 GRADS = "grads"
+TRANSPORT = "transport"  # config record of a train reply: {"spec": JSON}, see atmflow.transport
 TASK = "task"
 
 

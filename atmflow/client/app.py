@@ -8,14 +8,17 @@ data folder comes from ``--node-config "data-path='/data'"`` (for tasks read fro
 
 from __future__ import annotations
 
+import time
+
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from atmflow import protocol
+from atmflow import protocol, transport
 from atmflow.client import cache
 from atmflow.client.evaluation import evaluate
 from atmflow.client.gradients import mean_abs_gradient
+from atmflow.client.talos import calibrate_mask, mask_fraction
 from atmflow.client.task import LocalTask, local_task, task_seed
 from atmflow.client.training import fine_tune
 from atmflow.config import RunConfig, load_config
@@ -85,6 +88,8 @@ def describe(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received base on this task; reply with the task vector and train metrics.
 
+    With ``finetune = "talos"`` only the TaLoS mask's parameters are fine-tuned (:mod:`atmflow.client.talos`).
+    The task vector travels encoded by :mod:`atmflow.transport` (sparse tensors as indices + values).
     With ``tatr-exemplars > 0`` the reply also carries TATR's gradient estimate at the received base.
     With ``cache-dir`` set, an earlier identical fine-tuning is reused (see :mod:`atmflow.client.cache`).
     """
@@ -98,10 +103,11 @@ def train(msg: Message, context: Context) -> Message:
     grads = _gradient_estimate(encoder, local, how, cfg.cache_dir, key) if how.tatr_exemplars else {}
     cached = cache.load(cfg.cache_dir, key) if key else None
     if cached is None:
+        mask, talos_metrics = _talos_mask(encoder, local, how, cfg)
         with local.autocast():
-            stats = fine_tune(encoder, local.head, local.data.split(how.split), how, local.device)
+            stats = fine_tune(encoder, local.head, local.data.split(how.split), how, local.device, mask)
         metrics = {"train-loss": stats.loss, "num-examples": float(stats.examples), "steps": float(stats.steps),
-                   "wall-s": stats.seconds}
+                   "wall-s": stats.seconds, **talos_metrics}
         tau = task_vector({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, base,
                           get_family(cfg).trainable_keys(encoder))
     else:
@@ -115,11 +121,24 @@ def train(msg: Message, context: Context) -> Message:
     if key and (cached is None or completed):
         cache.store(cfg.cache_dir, key, tau, metrics)
     metrics["cache-hit"] = float(cached is not None)
-    records: dict[str, object] = {"arrays": ArrayRecord(tau), "metrics": MetricRecord(metrics),
-                                  "task": protocol.task_record(task)}
+    wire, spec = transport.encode(tau, cfg.transport_dtype)
+    records: dict[str, object] = {"arrays": ArrayRecord(wire), "metrics": MetricRecord(metrics),
+                                  "task": protocol.task_record(task),
+                                  protocol.TRANSPORT: ConfigRecord({"spec": spec})}
     if grads:
         records[protocol.GRADS] = ArrayRecord(grads)
     return Message(content=protocol.content(**records), reply_to=msg)
+
+
+def _talos_mask(encoder: torch.nn.Module, local: LocalTask, how: protocol.TrainInstructions,
+                cfg: RunConfig) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
+    """``finetune = "talos"``: the TaLoS mask at the received base, calibrated on the validation split."""
+    if cfg.finetune != "talos":
+        return None, {}
+    start = time.perf_counter()
+    mask = calibrate_mask(encoder, local.head, local.data.validation.x, sparsity=cfg.talos_sparsity,
+                          rounds=cfg.talos_rounds, seed=how.seed, device=local.device)
+    return mask, {"talos-calibration-s": time.perf_counter() - start, "talos-kept-fraction": mask_fraction(mask)}
 
 
 def _gradient_estimate(encoder: torch.nn.Module, local: LocalTask, how: protocol.TrainInstructions,

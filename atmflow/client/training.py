@@ -6,6 +6,8 @@ Loss: cross-entropy of ``head(encoder(x))``. Two regimes:
 * full-batch (``full-batch = true``): one step per epoch on the gradient of the mean loss over the
   whole training split, accumulated in chunks of ``batch-size``. With plain SGD and one epoch the
   task vector is exactly ``-eta * grad L_t(theta_base)`` (paper 000, Theorem 3.1).
+
+Either regime can be sparse: with a TaLoS mask (paper 004) only the masked-in entries are updated.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from atmflow.client.talos import Mask, SparseUpdate
 from atmflow.data.examples import batch_to
 from atmflow.data.splits import Split
 from atmflow.protocol import TrainInstructions
@@ -38,13 +41,36 @@ def make_optimizer(params: list[nn.Parameter], how: TrainInstructions) -> torch.
 
 
 def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, how: TrainInstructions,
-              device: torch.device) -> TrainStats:
-    """Fine-tune ``encoder`` in place; ``head`` stays frozen."""
+              device: torch.device, mask: Mask | None = None) -> TrainStats:
+    """Fine-tune ``encoder`` in place; ``head`` stays frozen.
+
+    With a TaLoS ``mask`` (:func:`atmflow.client.talos.calibrate_mask`) only the masked-in entries
+    move; every other parameter stays bit-identical to its value on entry (paper 004, Eq. 8).
+    """
     start = time.perf_counter()
     encoder.to(device).train()
     head.to(device).eval()
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, how)
+    sparse = SparseUpdate(encoder, mask) if mask is not None else None
+    try:
+        params = [p for p in encoder.parameters() if p.requires_grad]
+        optimizer = make_optimizer(params, how)
+        steps, epoch_loss = _run_epochs(encoder, head, split, how, device, params, optimizer, sparse)
+    finally:
+        if sparse is not None:
+            sparse.close()
+    return TrainStats(epoch_loss, steps, len(split), time.perf_counter() - start)
+
+
+def _run_epochs(encoder: nn.Module, head: nn.Module, split: Split, how: TrainInstructions, device: torch.device,
+                params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+                sparse: SparseUpdate | None) -> tuple[int, float]:
+    def step() -> None:
+        if sparse is not None:
+            sparse.mask_gradients()
+        optimizer.step()
+        if sparse is not None:
+            sparse.restore_frozen()
+
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     n = len(split)
     gen = torch.Generator().manual_seed(how.seed)
@@ -65,10 +91,10 @@ def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, how: TrainInstr
                 continue
             optimizer.zero_grad(set_to_none=True)
             (loss / len(idx)).backward()
-            optimizer.step()
+            step()
             steps += 1
         if how.full_batch:
-            optimizer.step()
+            step()
             steps += 1
         epoch_loss /= n
-    return TrainStats(epoch_loss, steps, n, time.perf_counter() - start)
+    return steps, epoch_loss

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from atmflow import protocol
+from atmflow import protocol, transport
 
 
 class TaskFailureError(RuntimeError):
@@ -103,6 +103,16 @@ def check_arrays(arrays: Mapping[str, torch.Tensor], expected: Mapping[str, torc
         if not torch.isfinite(value).all():
             return f"tensor {key!r} has non-finite values"
     return None
+
+
+def received_task_vector(reply: Message) -> dict[str, torch.Tensor]:
+    """The task vector a train reply carries, decoded exactly as sent (:mod:`atmflow.transport`).
+
+    Raises :class:`atmflow.transport.TransportError` when the arrays do not decode.
+    """
+    spec = reply.content.config_records.get(protocol.TRANSPORT)
+    arrays = reply.content.array_records[protocol.ARRAYS].to_torch_state_dict()
+    return transport.decode(arrays, None if spec is None else str(spec["spec"]))
 
 
 def evaluation_content(arrays: ArrayRecord, split: str) -> RecordDict:

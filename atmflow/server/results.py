@@ -57,10 +57,16 @@ class RunResults:
 
     def final(self) -> dict[str, Any]:
         last = self.rounds[-1].tasks
-        out: dict[str, Any] = {"tasks": last, "avg_accuracy": avg_accuracy(last)}
+        out: dict[str, Any] = {"tasks": last, "avg_accuracy": avg_accuracy(last),
+                               "bytes_per_client_round": self.bytes_per_client_round()}
         if self.individual:
             out["normalized_accuracy"] = normalized_accuracy(last, self.individual)
         return out
+
+    def bytes_per_client_round(self) -> float:
+        """Mean bytes one client uploaded in one round (its encoded task vector and any gradients)."""
+        sizes = [b for r in self.rounds for b in r.bytes_up_per_task.values()]
+        return sum(sizes) / max(1, len(sizes))
 
     def to_json(self) -> dict[str, Any]:
         def summary(scores: Scores | None) -> dict[str, Any] | None:
@@ -120,7 +126,9 @@ class RunResults:
             "",
             f"Tasks: {', '.join(tasks)}. Plan: {plan}; merge `{self.rounds[-1].extra.get('merge', '?')}`"
             + (f" with lambda {lam:g}" if lam is not None else "") + f". Seed {c['seed']}. Head: {c['head']}. "
-            f"Wall time {self.wall_s:.0f} s. Uploaded in the last round: {self.rounds[-1].bytes_up / 1e6:.1f} MB. "
+            f"Wall time {self.wall_s:.0f} s. Uploaded in the last round: {self.rounds[-1].bytes_up / 1e6:.1f} MB "
+            f"({self.bytes_per_client_round() / 1e6:.2f} MB per client per round on average; fine-tuning "
+            f"`{c.get('finetune', 'full')}`, transport `{c.get('transport-dtype', 'float32')}`). "
             f"Mean |cosine| between the last round's task vectors: "
             f"{self.rounds[-1].geometry.get('mean_abs_cosine', float('nan')):.3f}.",
             "",

@@ -29,11 +29,13 @@ from atmflow.server.exchange import (
     check_arrays,
     collect_replies,
     evaluation_content,
+    received_task_vector,
     task_messages,
     task_scores,
 )
 from atmflow.server.results import RoundRecord, avg_accuracy
 from atmflow.strategies.merge_step import MergeStep, StateDict
+from atmflow.transport import TransportError
 
 
 @dataclasses.dataclass
@@ -100,7 +102,11 @@ class TaskVectorStrategy(Strategy):
         train: dict[str, dict[str, float]] = {}
         for task, reply in sorted(collected.valid.items()):
             records = reply.content.array_records
-            vector = records[protocol.ARRAYS].to_torch_state_dict()
+            try:
+                vector = received_task_vector(reply)
+            except TransportError as err:
+                collected.problems[task] = f"invalid reply: {err}"
+                continue
             grads = records[protocol.GRADS].to_torch_state_dict() if protocol.GRADS in records else {}
             problem = check_arrays(vector, self.expected)
             if problem is None and self.instructions.tatr_exemplars:

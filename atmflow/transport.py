@@ -1,0 +1,125 @@
+"""Compact transport of task vectors: what a client sends, and exactly what the server decodes.
+
+A task vector ``{name: tensor}`` is encoded tensor by tensor, in the transport dtype
+(``transport-dtype``: ``float32``, ``bfloat16`` or ``float16``):
+
+* **sparse**: the flat positions of the non-zero entries (ascending, in the smallest integer type
+  that indexes the tensor: uint8, int16, int32 or int64) plus their values, sent as
+  ``<name>.indices`` and ``<name>.values``. Chosen whenever it is smaller than the dense form, i.e.
+  ``nnz * (index bytes + value bytes) < numel * value bytes``: TaLoS task vectors (paper 004, where
+  90% of the entries are exactly zero) and tensors TaLoS froze entirely (nnz = 0) travel this way;
+* **dense**: the whole tensor under its own name.
+
+A spec (one JSON string in the reply's ``transport`` config record) gives each tensor's form, shape
+and original dtype. Decoding is exact: the server gets back the sent values, converted to the
+original dtype (with ``float32`` transport of a float32 vector, the vector itself; with ``bfloat16``
+or ``float16``, each entry rounded once to that type). Flower's arrays are NumPy arrays, which have
+no bfloat16: bfloat16 values travel as their raw 16 bits (int16) and are reinterpreted on decoding.
+Pure functions, used by the client (:mod:`atmflow.client.app`) and the server
+(:mod:`atmflow.server.exchange`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+TRANSPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SOURCE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+INDEX_DTYPES = ((2**8, torch.uint8), (2**15, torch.int16), (2**31, torch.int32), (2**63, torch.int64))
+
+
+class TransportError(ValueError):
+    """A received task vector that does not decode (names the tensor and what is wrong)."""
+
+
+def index_dtype(numel: int) -> torch.dtype:
+    """The smallest integer type whose range holds every flat position ``0 .. numel - 1``."""
+    return next(dtype for limit, dtype in INDEX_DTYPES if numel <= limit)
+
+
+def _to_wire(values: torch.Tensor, dtype: str) -> torch.Tensor:
+    wire = values.to(TRANSPORT_DTYPES[dtype])
+    return wire.view(torch.int16) if dtype == "bfloat16" else wire
+
+
+def _from_wire(wire: torch.Tensor, dtype: str) -> torch.Tensor:
+    return wire.view(torch.bfloat16) if dtype == "bfloat16" else wire
+
+
+def encode(tau: Mapping[str, torch.Tensor], dtype: str = "float32") -> tuple[dict[str, torch.Tensor], str]:
+    """``(wire tensors, spec)`` of a task vector; :func:`decode` inverts it exactly (up to the dtype rounding)."""
+    if dtype not in TRANSPORT_DTYPES:
+        raise ValueError(f"transport-dtype must be one of {sorted(TRANSPORT_DTYPES)}, got {dtype!r}")
+    wire: dict[str, torch.Tensor] = {}
+    spec: dict[str, Any] = {"dtype": dtype, "tensors": {}}
+    value_bytes = TRANSPORT_DTYPES[dtype].itemsize
+    for name, tensor in tau.items():
+        source = str(tensor.dtype).removeprefix("torch.")
+        if source not in SOURCE_DTYPES:
+            raise ValueError(f"tensor {name!r} is {tensor.dtype}; task vectors are float32 or float64")
+        flat = _to_wire(tensor.detach().cpu().reshape(-1), dtype)
+        nonzero = torch.nonzero(_from_wire(flat, dtype) != 0).reshape(-1)
+        idx_type = index_dtype(flat.numel())
+        sparse = len(nonzero) * (idx_type.itemsize + value_bytes) < flat.numel() * value_bytes
+        spec["tensors"][name] = {"form": "sparse" if sparse else "dense", "shape": list(tensor.shape),
+                                 "source": source}
+        if sparse:
+            wire[f"{name}.indices"] = nonzero.to(idx_type)
+            wire[f"{name}.values"] = flat[nonzero].contiguous()
+        else:
+            wire[name] = flat.contiguous()
+    return wire, json.dumps(spec)
+
+
+def decode(wire: Mapping[str, torch.Tensor], spec: str | None) -> dict[str, torch.Tensor]:
+    """The task vector a client sent. ``spec=None``: the arrays are a plain dense task vector."""
+    if spec is None:
+        return dict(wire)
+    try:
+        parsed = json.loads(spec)
+        dtype, tensors = parsed["dtype"], parsed["tensors"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise TransportError(f"unreadable transport spec ({err})") from None
+    if dtype not in TRANSPORT_DTYPES:
+        raise TransportError(f"unknown transport dtype {dtype!r}")
+    expected_names = {f"{n}.{part}" if t.get("form") == "sparse" else n
+                      for n, t in tensors.items() for part in ("indices", "values")}
+    if set(wire) != expected_names:
+        extra, missing = sorted(set(wire) - expected_names)[:3], sorted(expected_names - set(wire))[:3]
+        raise TransportError(f"arrays do not match the transport spec (unexpected {extra}, missing {missing})")
+    return {name: _decode_tensor(name, entry, wire, dtype) for name, entry in tensors.items()}
+
+
+def _decode_tensor(name: str, entry: Mapping[str, Any], wire: Mapping[str, torch.Tensor],
+                   dtype: str) -> torch.Tensor:
+    source = SOURCE_DTYPES.get(entry.get("source", ""))
+    if source is None:
+        raise TransportError(f"tensor {name!r}: unknown source dtype {entry.get('source')!r}")
+    shape = tuple(int(s) for s in entry["shape"])
+    numel = int(torch.Size(shape).numel())
+    wire_dtype = torch.int16 if dtype == "bfloat16" else TRANSPORT_DTYPES[dtype]
+    if entry["form"] == "dense":
+        values = wire[name]
+        if values.dtype != wire_dtype or values.numel() != numel:
+            raise TransportError(f"tensor {name!r}: dense payload is {values.dtype} x {values.numel()}, "
+                                 f"expected {wire_dtype} x {numel}")
+        return _from_wire(values, dtype).to(source).reshape(shape)
+    indices, values = wire[f"{name}.indices"], wire[f"{name}.values"]
+    if values.dtype != wire_dtype or indices.dtype != index_dtype(numel) or indices.shape != values.shape:
+        raise TransportError(f"tensor {name!r}: sparse payload has {indices.dtype} indices and {values.dtype} "
+                             f"values of lengths {indices.numel()} / {values.numel()}")
+    positions = indices.long()
+    if len(positions) and (positions.min() < 0 or positions.max() >= numel or (positions.diff() <= 0).any()):
+        raise TransportError(f"tensor {name!r}: sparse indices out of range or not strictly increasing")
+    out = torch.zeros(numel, dtype=source)
+    out[positions] = _from_wire(values, dtype).to(source)
+    return out.reshape(shape)
+
+
+def dense_bytes(tau: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of the task vector's raw float values (what dense float32 transport sends, headers aside)."""
+    return sum(t.numel() * t.element_size() for t in tau.values())

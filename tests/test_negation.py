@@ -1,0 +1,66 @@
+"""Task negation and the weight-disentanglement error (paper 004, Section 5, A.1, Eq. 10)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from atmflow.config import load_config
+from atmflow.disentanglement import disentanglement_error, grid_values, plot, predictor
+from atmflow.negation import alpha_grid, choose_alpha, negate
+from atmflow.sim.task_vectors import finetuned_task_vectors
+
+
+def test_alpha_grid_is_stretched_for_talos() -> None:
+    assert alpha_grid("full", 0.9)[:3] == [0.0, 0.05, 0.1] and alpha_grid("full", 0.9)[-1] == 1.0
+    talos = alpha_grid("talos", 0.9)
+    assert len(talos) == 21 and talos[-1] == pytest.approx(10.0) and talos[1] == pytest.approx(0.5)
+
+
+def test_alpha_is_the_lowest_target_accuracy_that_keeps_the_control() -> None:
+    curve = [{"alpha": 0.0, "target": 0.9, "control": 0.8}, {"alpha": 0.5, "target": 0.4, "control": 0.78},
+             {"alpha": 1.0, "target": 0.4, "control": 0.77}, {"alpha": 1.5, "target": 0.1, "control": 0.5}]
+    assert choose_alpha(curve, 0.95 * 0.8)["alpha"] == 1.0  # 1.5 breaks the control; tie -> larger alpha
+    assert choose_alpha(curve, 0.79)["alpha"] == 0.0
+    with pytest.raises(ValueError, match="control"):
+        choose_alpha(curve, 0.99)
+
+
+def test_disentanglement_error_of_a_known_predictor() -> None:
+    """Task 1 predicts 1(x + w > 0) and task 2 a constant: a tau_2 that leaves w alone never changes a
+    prediction (xi = 0); one that moves w flips the predictions whose sign changes."""
+    x = torch.linspace(-1, 1, 9)
+
+    def predict(delta: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        w = float(delta.get("w", torch.zeros(1)).sum())
+        return (x + w > 0).long() if t == 0 else torch.zeros(9, dtype=torch.long)
+
+    alphas = grid_values(5, 1.0)
+    zero = torch.zeros(1)
+    xi = disentanglement_error(predict, {"w": torch.tensor([0.5]), "u": zero}, {"w": zero, "u": torch.tensor([1.0])},
+                               alphas)
+    assert torch.equal(xi, torch.zeros(5, 5, dtype=torch.float64))  # tau_2 does not touch w
+    xi = disentanglement_error(predict, {"w": torch.tensor([0.5])}, {"w": torch.tensor([1.0])}, alphas)
+    assert xi[:, 2].abs().max() == 0  # alpha_2 = 0: nothing added
+    # alpha_1 = 0, alpha_2 = 1: task 1's threshold moves by 1 -> x in (-1, 0] flip: 4 of 9 points
+    assert xi[2, 4].item() == pytest.approx(4 / 9)
+
+
+def test_negation_lowers_the_target_task_and_heatmap(tiny: dict[str, Any], tmp_path: Path) -> None:
+    cfg = load_config({**tiny, "tasks": "mnist,fashion-mnist", "budget-epochs": 3, "lr": 1e-3, "individual": False,
+                       "train-size": 200, "val-fraction": 0.2, "cache-dir": str(tmp_path / "cache")})
+    tv = finetuned_task_vectors(cfg)
+    result = negate(tv, "mnist", "fashion-mnist")
+    assert result["target_negated"] < result["target_pretrained"] - 0.1
+    assert result["alpha"] > 0
+    chosen = next(c for c in result["validation_curve"] if c["alpha"] == result["alpha"])
+    assert chosen["control"] >= 0.95 * result["validation_curve"][0]["control"]
+    xi = disentanglement_error(predictor(tv, ["mnist", "fashion-mnist"], 10), tv.vectors["mnist"],
+                               tv.vectors["fashion-mnist"], grid_values(3))
+    assert xi.shape == (3, 3) and xi[:, 1].abs().max() == 0 and 0 <= xi.min() and xi.max() <= 2
+    plot({"full": {"tasks": ["mnist", "fashion-mnist"], "alphas": grid_values(3), "xi": xi.tolist(),
+                   "mean_xi": float(xi.mean())}}, tmp_path / "xi.png")
+    assert (tmp_path / "xi.png").stat().st_size > 1000
