@@ -52,7 +52,7 @@ def test_run_key_ignores_where_a_run_writes_but_not_what_it_computes() -> None:
 
 
 def test_bad_study_options_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="budgetz.*budgets"):
+    with pytest.raises(ConfigError, match="(?s)its keys: budgets, methods.*budgetz"):
         run_study(STUDIES["budget"], seeds=[0], root=tmp_path, options={"budgetz": "2"})
     with pytest.raises(ConfigError, match="same budget"):
         run_study(STUDIES["budget-distribution"], seeds=[0], root=tmp_path, options={"distributions": "1x10,2x4"})
@@ -140,3 +140,17 @@ def _parse(text: str) -> dict[str, Any]:
     from atmflow.cli import parse_overrides
 
     return parse_overrides(text)
+
+
+def test_a_run_folder_locked_by_a_live_process_is_not_claimed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from atmflow.sim.studies.runner import _claim
+
+    (tmp_path / "lock").write_text(str(os.getppid()))  # a live process
+    assert not _claim(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "lock").write_text(dead.stdout.strip())  # its holder has exited: taken over
+    assert _claim(tmp_path) and (tmp_path / "lock").read_text() == str(os.getpid())

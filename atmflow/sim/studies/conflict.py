@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord
 from pydantic import field_validator
 
 from atmflow.analysis import knowledge_conflict, total_conflict
+from atmflow.server.exchange import evaluate_on_tasks
 from atmflow.sim.studies import figures
 from atmflow.sim.studies.methods import ONESHOT, check_methods
 from atmflow.sim.studies.runner import Pick, Row, RunSpec
@@ -35,27 +36,22 @@ ALL = "(all tasks)"
 
 
 class ConflictProbe(OneShot):
-    """One-shot merging that also scores every leave-one-out merge (noted as ``conflict_scores``)."""
+    """One-shot merging that also scores every leave-one-out merge (noted as ``conflict_scores``); the
+    merge of all tasks is scored by the strategy's own test evaluation."""
 
     def merge(self, base: StateDict, inputs: RoundInputs) -> StateDict:
-        from atmflow.server.exchange import evaluate_on_tasks
-
         merged = super().merge(base, inputs)
         lam = self._extra.get("lambda")
         tasks = sorted(inputs.vectors)
-
-        def scores(model: StateDict, phase: str) -> dict[str, dict[str, float]]:
-            return evaluate_on_tasks(self._grid, self.node_tasks, ArrayRecord(model), "test", self.round_timeout,
-                                     phase, "fail")
-
-        out = {ALL: scores(merged, "conflict: merge of all tasks")}
+        out = {}
         for left_out in tasks:
             keep = [t for t in tasks if t != left_out]
             model = self.merge_step.apply(base, {t: inputs.vectors[t] for t in keep},
                                           {t: inputs.num_examples[t] for t in keep},
                                           {t: inputs.grads[t] for t in keep if t in inputs.grads} or None,
                                           scale=lam, round_=inputs.round)
-            out[left_out] = scores(model, f"conflict: merge without {left_out}")
+            out[left_out] = evaluate_on_tasks(self._grid, self.node_tasks, ArrayRecord(model), "test",
+                                              self.round_timeout, f"conflict: merge without {left_out}", "fail")
         self.note("conflict_scores", out)
         return merged
 
@@ -83,7 +79,7 @@ def run_probe(overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
                           round_timeout=cfg.round_timeout, policy="fail", lambda_grid=cfg.lambda_grid)
     probe.start(grid, initial_arrays=ArrayRecord(pretrained), num_rounds=1, timeout=cfg.round_timeout)
     (record,) = probe.history
-    scores = record.extra.pop("conflict_scores")
+    scores = {ALL: record.tasks, **record.extra.pop("conflict_scores")}
     without = {i: s for i, s in scores.items() if i != ALL}
     result: dict[str, Any] = {"kind": KIND, "config": cfg.to_run_config(), "lambda": record.extra.get("lambda"),
                               "scores": scores, "round": asdict(record)}

@@ -17,7 +17,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import statistics
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -91,13 +93,51 @@ class Settings:
     probes: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = field(default_factory=dict)
 
 
-def execute(spec: RunSpec, settings: Settings) -> Path:
-    """Run ``spec`` unless its folder already has ``results.json``; return the folder."""
+def _claim(folder: Path) -> bool:
+    """Take the run folder's ``lock`` (this process's id); False while another live process holds it."""
+    lock = folder / "lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):  # its holder died: take it over
+            lock.unlink(missing_ok=True)
+            return _claim(folder)
+        except PermissionError:
+            return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def execute(spec: RunSpec, settings: Settings, poll_s: float = 10.0) -> Path:
+    """Run ``spec`` unless its folder already has ``results.json``; return the folder.
+
+    Studies that share a root may run at the same time: a run being computed by another process
+    (its folder's ``lock`` names a live process) is waited for, not computed twice.
+    """
     key = spec.key()
     folder = settings.runs / key
-    if (folder / "results.json").is_file():
-        return folder
     folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "results.json"
+    while not done.is_file():
+        if _claim(folder):
+            try:
+                if not done.is_file():  # another process may have finished just before we took the lock
+                    _compute(spec, settings, folder)
+                if not done.is_file():
+                    raise RuntimeError(f"run {folder} finished without writing results.json")
+            finally:
+                (folder / "lock").unlink(missing_ok=True)
+        else:
+            time.sleep(poll_s)
+    return folder
+
+
+def _compute(spec: RunSpec, settings: Settings, folder: Path) -> None:
+    key = folder.name
     overrides = {**spec.overrides, "seed": spec.seed, "output-dir": str(settings.runs), "run-name": key,
                  "cache-dir": str(settings.cache), "resume": True}
     (folder / "run.json").write_text(json.dumps({"kind": spec.kind, "picks": [p.__dict__ for p in spec.picks],
@@ -115,7 +155,6 @@ def execute(spec: RunSpec, settings: Settings) -> Path:
     if not settings.keep_weights:
         for weights in folder.glob("*.safetensors"):
             weights.unlink()
-    return folder
 
 
 def _chain(specs: Sequence[RunSpec], settings: Settings) -> list[Path]:
