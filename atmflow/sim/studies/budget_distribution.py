@@ -82,8 +82,9 @@ def report(table: Table, opts: Options, runs: list[RunOutput], fig_dir: Path) ->
     for a, b in zip(order[1:], order[:-1], strict=True):
         text.append("- " + compare(setting(*a), table.values(setting(*a), "PA-ATM"), setting(*b),
                                    table.values(setting(*b), "PA-ATM")))
-    text.append("- " + compare(setting(*last), table.values(setting(*last), "PA-ATM"), setting(*first),
-                               table.values(setting(*first), "PA-ATM")))
+    if len(order) > 2:
+        text.append("- " + compare(setting(*last), table.values(setting(*last), "PA-ATM"), setting(*first),
+                                   table.values(setting(*first), "PA-ATM")))
     xs = [i for i, _ in order]
     bar = figures.curves(fig_dir / "accuracy_per_distribution.png",
                          f"Average accuracy, {opts.budget} epochs per task (paper 000, Fig. 5)",

@@ -81,8 +81,9 @@ def run_probe(overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
     (record,) = probe.history
     scores = {ALL: record.tasks, **record.extra.pop("conflict_scores")}
     without = {i: s for i, s in scores.items() if i != ALL}
-    result: dict[str, Any] = {"kind": KIND, "config": cfg.to_run_config(), "lambda": record.extra.get("lambda"),
-                              "scores": scores, "round": asdict(record)}
+    lam = record.extra.get("lambda", cfg.merge_lambda or None)  # None: the operator's default
+    result: dict[str, Any] = {"kind": KIND, "config": cfg.to_run_config(), "lambda": lam, "scores": scores,
+                              "round": asdict(record)}
     for metric in ("loss", "accuracy"):
         matrix = knowledge_conflict({j: s[metric] for j, s in scores[ALL].items()},
                                     {i: {j: s[metric] for j, s in row.items()} for i, row in without.items()})
@@ -115,8 +116,11 @@ def rows(study: str, spec: RunSpec, folder: Path, results: dict[str, Any]) -> li
                     for i, v in row.items()]
         out.append(Row(study, pick.setting, pick.method, spec.seed, "total", f"conflict-{metric}", block["total"],
                        folder.name))
-    for task, s in results["scores"][ALL].items():
+    merged = results["scores"][ALL]
+    for task, s in merged.items():
         out.append(Row(study, pick.setting, pick.method, spec.seed, task, "accuracy", s["accuracy"], folder.name))
+    out.append(Row(study, pick.setting, pick.method, spec.seed, "avg", "accuracy",
+                   sum(s["accuracy"] for s in merged.values()) / len(merged), folder.name))
     return out
 
 
@@ -125,7 +129,9 @@ def report(table: Table, opts: Options, runs: list[RunOutput], fig_dir: Path) ->
     tasks = table.tasks()
     text = [f"## Knowledge conflict C_j|i (paper 003, Definition 1), task vectors of {opts.budget} epochs", "",
             "Row j, column i: change of task j's test loss when task i's vector joins the merge "
-            "(positive = task i hurts task j); the diagonal is undefined.", ""]
+            "(positive = task i hurts task j); the diagonal is undefined. Each method merges with its own lambda "
+            "(chosen on validation), and C grows with lambda: for a comparison at one lambda, run with "
+            "`--run-config \"merge-lambda=0.3 lambda-grid=''\"`.", ""]
     matrices = {}
     for m in opts.methods:
         lam = ", ".join(f"{v:g}" for v in table.values(setting, m, "avg", "lambda"))

@@ -49,7 +49,8 @@ def radar(path: Path, title: str, tasks: Sequence[str], series: Mapping[str, Map
 def heatmaps(path: Path, title: str, labels: Sequence[str], matrices: Mapping[str, Sequence[Sequence[float]]],
              vmin: float, vmax: float, cmap: str = "viridis", fmt: str = ".2f") -> Path:
     """Square matrices side by side, one colour scale, each cell annotated with its value."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices) + 1, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.4 * len(matrices) + 1, 4.2), squeeze=False,
+                             constrained_layout=True)
     image = None
     for ax, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
         image = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap=cmap)
@@ -59,7 +60,7 @@ def heatmaps(path: Path, title: str, labels: Sequence[str], matrices: Mapping[st
         for i, row in enumerate(matrix):
             for j, value in enumerate(row):
                 if not math.isnan(value):
-                    ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=6, color="white")
+                    ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7, color="black")
     fig.suptitle(title, fontsize=10)
     if image is not None:
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
