@@ -75,7 +75,7 @@ class Outcome:
 
 def round_curves(runs: list[RunOutput], label: Callable[[RunSpec], str | None], x_in_epochs: bool = False
                  ) -> dict[str, tuple[list[float], list[float], list[float]]]:
-    """Average test accuracy after each round (round 0: pretrained) of the runs that ``label`` names, as
+    """Average test accuracy after each round (round 0: the starting model) of the runs that ``label`` names, as
     ``label -> (x, mean over seeds, sd)``; x is the round, or the epochs per task spent (``x_in_epochs``)."""
     points: dict[str, dict[float, list[float]]] = {}
     for spec, _, results in runs:
@@ -84,7 +84,8 @@ def round_curves(runs: list[RunOutput], label: Callable[[RunSpec], str | None], 
             continue
         step = results["config"]["epochs-per-round"] if x_in_epochs else 1
         curve = points.setdefault(name, {})
-        curve.setdefault(0.0, []).append(results["pretrained"]["avg_accuracy"])
+        start = results["init"] or results["pretrained"]  # PH-ATM starts from its TA-merged model
+        curve.setdefault(0.0, []).append(start["avg_accuracy"])
         for r in results["rounds"]:
             curve.setdefault(float(r["round"] * step), []).append(r["avg_accuracy"])
     return {name: (sorted(curve), *mean_sd([curve[x] for x in sorted(curve)])) for name, curve in points.items()}
