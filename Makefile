@@ -20,7 +20,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup run test test-slow benchmark lint clean
+.PHONY: setup run test test-slow benchmark study lint clean
 
 setup: $(STAMP) $(FASHION_MNIST) $(FORTUNES)
 
@@ -62,6 +62,12 @@ test-slow: setup
 
 benchmark: setup
 	$(PY) -m atmflow.sim.benchmark
+
+# One named study of docs/results.md, e.g. make study STUDY=budget STUDY_ARGS="--seeds 0 1 2"
+STUDY ?= original-settings
+STUDY_ARGS ?=
+study: setup
+	$(PY) -m atmflow.sim.studies $(STUDY) $(STUDY_ARGS)
 
 clean:
 	rm -rf .flwr outputs .pytest_cache

@@ -38,3 +38,21 @@ def task_vector_geometry(vectors: Mapping[str, Mapping[str, torch.Tensor]]) -> d
         "cosine": {a: {b: float(cos[i, j]) for j, b in enumerate(tasks)} for i, a in enumerate(tasks)},
         "mean_abs_cosine": sum(pairs) / len(pairs) if pairs else 0.0,
     }
+
+
+def knowledge_conflict(with_all: Mapping[str, float],
+                       without: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Knowledge conflict (paper 003, Definition 1): ``C_{j|i} = L_j(theta_MTL({theta_k}_k))
+    - L_j(theta_MTL({theta_k}_{k != i}))``, the change of task j's loss when task i joins the merge.
+
+    ``with_all[j]`` is task j's loss on the model merged from every task; ``without[i][j]`` its loss
+    on the model merged from every task but i. Returns ``{j: {i: C_{j|i}}}`` for ``i != j``; a
+    positive value is a conflict (adding task i hurts task j). The same formula on accuracies gives
+    the accuracy change (negative = harm).
+    """
+    return {j: {i: with_all[j] - without[i][j] for i in sorted(without) if i != j} for j in sorted(with_all)}
+
+
+def total_conflict(conflict: Mapping[str, Mapping[str, float]]) -> float:
+    """``C = sum_{i != j} C_{j|i}`` (paper 003, Section 4)."""
+    return sum(value for row in conflict.values() for value in row.values())
