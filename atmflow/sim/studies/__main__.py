@@ -36,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-weights", action="store_true", help="keep each run's final encoder and checkpoint")
     args = parser.parse_args(argv)
     names = list(STUDIES) if args.study == "all" else [args.study]
+    if len(names) > 1 and (args.options or args.out):
+        parser.error("--options and --out name one study's options and folder: give a study name, not 'all'")
     command = "python -m atmflow.sim.studies " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
         run_config, options = parse_overrides(args.run_config), parse_overrides(args.options)
         for name in names:
             outcome = run_study(STUDIES[name], seeds=args.seeds, root=Path(args.root),
-                                out=Path(args.out) if args.out and len(names) == 1 else None,
-                                run_config=run_config, options=options if len(names) == 1 else {},
+                                out=Path(args.out) if args.out else None, run_config=run_config, options=options,
                                 workers=args.workers, keep_weights=args.keep_weights, command=command)
             print(f"{name}: {outcome.runs} runs ({outcome.computed} computed); report: {outcome.out / 'report.md'}")
     except (ConfigError, ValueError) as err:

@@ -129,8 +129,9 @@ def report(table: Table, opts: Options, runs: list[RunOutput], fig_dir: Path) ->
     tasks = table.tasks()
     text = [f"## Knowledge conflict C_j|i (paper 003, Definition 1), task vectors of {opts.budget} epochs", "",
             "Row j, column i: change of task j's test loss when task i's vector joins the merge "
-            "(positive = task i hurts task j); the diagonal is undefined. Each method merges with its own lambda "
-            "(chosen on validation), and C grows with lambda: for a comparison at one lambda, run with "
+            "(positive = task i hurts task j); the diagonal is undefined. Each method merges with the lambda in its "
+            "heading (chosen on validation, unless merge-lambda is set with an empty lambda-grid); C grows with "
+            "lambda: for a comparison at one lambda, run with "
             "`--run-config \"merge-lambda=0.3 lambda-grid=''\"`.", ""]
     matrices = {}
     for m in opts.methods:
