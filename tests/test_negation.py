@@ -49,6 +49,7 @@ def test_disentanglement_error_of_a_known_predictor() -> None:
     assert xi[2, 4].item() == pytest.approx(4 / 9)
 
 
+@pytest.mark.slow  # two data loads per task and real fine-tuning: over the default suite's budget
 def test_negation_lowers_the_target_task_and_heatmap(tiny: dict[str, Any], tmp_path: Path) -> None:
     cfg = load_config({**tiny, "tasks": "mnist,fashion-mnist", "budget-epochs": 3, "lr": 1e-3, "individual": False,
                        "train-size": 200, "val-fraction": 0.2, "cache-dir": str(tmp_path / "cache")})

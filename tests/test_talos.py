@@ -115,6 +115,7 @@ def test_outside_the_mask_parameters_stay_bit_identical_to_the_base() -> None:
     assert moved.float().mean() > 0.9  # the kept entries are really fine-tuned
 
 
+@pytest.mark.slow  # two data loads per task and real fine-tuning: over the default suite's budget
 def test_talos_pa_atm_end_to_end_sends_sparse_task_vectors(tiny: dict[str, Any]) -> None:
     run = {**tiny, "run-name": "talos", "strategy": "pa-atm", "rounds": 1, "individual": False,
            "finetune": "talos", "talos-rounds": 2, "tasks": "mnist,digits"}
