@@ -64,6 +64,11 @@ def check_task_nodes(tasks: tuple[str, ...], claimed: dict[str, list[int]], fail
                            f"(tasks = {list(tasks)}); fix the SuperNode's --node-config or the run's tasks")
     missing = [t for t in tasks if t not in claimed]
     if missing:
+        errors = {n: why for n, why in failed.items() if why.startswith("error")}
+        if errors:  # a node that raised (missing data or weights...) is the likely holder of the missing task
+            detail = "; ".join(f"node {n}: {why}" for n, why in sorted(errors.items()))
+            raise RuntimeError(f"handshake: node(s) failed while loading their task, so task(s) {missing} have "
+                               f"no node: {detail}")
         why = f"; node(s) that did not answer: {failed}" if failed else ""
         raise RuntimeError(f"handshake: no node holds task(s) {missing} (nodes hold {sorted(claimed)}{why}). "
                            "Start one SuperNode per task with --node-config \"task='<name>'\"")
