@@ -51,17 +51,18 @@ def test_disentanglement_error_of_a_known_predictor() -> None:
 
 @pytest.mark.slow  # two data loads per task and real fine-tuning: over the default suite's budget
 def test_negation_lowers_the_target_task_and_heatmap(tiny: dict[str, Any], tmp_path: Path) -> None:
-    cfg = load_config({**tiny, "tasks": "mnist,fashion-mnist", "budget-epochs": 3, "lr": 1e-3, "individual": False,
-                       "train-size": 200, "val-fraction": 0.2, "cache-dir": str(tmp_path / "cache")})
+    cfg = load_config({**tiny, "tasks": "digits,animal-mnist", "budget-epochs": 3, "individual": False,
+                       "train-size": 200, "test-size": 100, "val-fraction": 0.2, "cache-dir": str(tmp_path / "cache")})
     tv = finetuned_task_vectors(cfg)
-    result = negate(tv, "mnist", "fashion-mnist")
-    assert result["target_negated"] < result["target_pretrained"] - 0.1
+    result = negate(tv, "digits", "animal-mnist")
+    assert result["target_negated"] < result["target_pretrained"] - 0.05  # 100 test images: 5 of them
     assert result["alpha"] > 0
     chosen = next(c for c in result["validation_curve"] if c["alpha"] == result["alpha"])
     assert chosen["control"] >= 0.95 * result["validation_curve"][0]["control"]
-    xi = disentanglement_error(predictor(tv, ["mnist", "fashion-mnist"], 10), tv.vectors["mnist"],
-                               tv.vectors["fashion-mnist"], grid_values(3))
-    assert xi.shape == (3, 3) and xi[:, 1].abs().max() == 0 and 0 <= xi.min() and xi.max() <= 2
-    plot({"full": {"tasks": ["mnist", "fashion-mnist"], "alphas": grid_values(3), "xi": xi.tolist(),
+    xi = disentanglement_error(predictor(tv, ["digits", "animal-mnist"], 10), tv.vectors["digits"],
+                               tv.vectors["animal-mnist"], grid_values(3))
+    # alpha_1 = alpha_2 = 0: every model is theta_0, nothing can differ; xi is a sum of two disagreement rates
+    assert xi.shape == (3, 3) and xi[1, 1] == 0 and 0 <= xi.min() and xi.max() <= 2
+    plot({"full": {"tasks": ["digits", "animal-mnist"], "alphas": grid_values(3), "xi": xi.tolist(),
                    "mean_xi": float(xi.mean())}}, tmp_path / "xi.png")
     assert (tmp_path / "xi.png").stat().st_size > 1000
