@@ -58,17 +58,17 @@ def predictor(tv: Any, tasks: list[str], examples: int) -> Any:
     import torch
 
     from atmflow.client.task import encode, local_task
-    from atmflow.models.encoder import pretrained_encoder
+    from atmflow.models.family import get_family
 
     cfg = tv.cfg
     locals_ = [local_task(t, cfg) for t in tasks]
-    encoder = pretrained_encoder().to(cfg.dtype)
+    encoder = get_family(cfg).pretrained_encoder().to(cfg.dtype)
 
     def predict(delta: dict[str, torch.Tensor], t: int) -> torch.Tensor:
         weights = {k: v + delta[k].to(v.dtype) if k in delta else v for k, v in tv.pretrained.items()}
         encoder.load_state_dict(weights)
         local = locals_[t]
-        features = encode(encoder, local.data.test.x[:examples].to(cfg.dtype), local.device)
+        features = encode(encoder, local.data.test.x[:examples], local.device)  # encode casts images only
         with torch.no_grad():
             return local.head(features.to(local.device)).argmax(-1).cpu()
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from atmflow.sim.flwr_local import FLWR_ENV, ancestors, flwr_bin, free_port, processes_with_env
+from atmflow.sim.flwr_local import FLWR_ENV, ancestors, flwr_bin, free_port, processes_with_env, signal_all
 
 MARKER = "ATMFLOW_RAY_CLUSTER"
 Process = tuple[int, int]  # (pid, start time in clock ticks since boot): a PID that cannot be reused unseen
@@ -155,11 +155,7 @@ def still_running(procs: set[Process]) -> set[Process]:
 
 
 def _signal(procs: set[Process], sig: signal.Signals) -> None:
-    for pid, _ in still_running(procs):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+    signal_all([pid for pid, _ in still_running(procs)], sig)
 
 
 def stop_local_cluster(root: Path, grace_s: float = 5.0) -> None:

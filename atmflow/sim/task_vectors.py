@@ -20,7 +20,7 @@ from atmflow.client.app import app as client_app
 from atmflow.client.evaluation import evaluate
 from atmflow.client.task import local_task
 from atmflow.config import RunConfig
-from atmflow.models.encoder import pretrained_encoder
+from atmflow.models.family import get_family
 from atmflow.server.exchange import received_task_vector, send_to_tasks
 from atmflow.server.experiment import train_instructions
 from atmflow.server.nodes import discover_task_nodes
@@ -43,7 +43,7 @@ class TaskVectors:
 
         The client's own evaluation (:func:`atmflow.client.evaluation.evaluate`), run here on one
         encoder instead of one message per task and weight setting: an alpha sweep is many of them."""
-        encoder = pretrained_encoder().to(self.cfg.dtype)
+        encoder = get_family(self.cfg).pretrained_encoder().to(self.cfg.dtype)
         encoder.load_state_dict(weights)
         scores = {}
         for task in tasks:
@@ -57,7 +57,7 @@ def finetuned_task_vectors(cfg: RunConfig) -> TaskVectors:
     """Fine-tune every task from the pretrained encoder (one-shot round 1's instructions and seed)."""
     grid = InProcessGrid(client_app, cfg.to_run_config(), num_nodes=len(cfg.tasks))
     node_tasks = discover_task_nodes(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout)
-    pretrained = pretrained_encoder().to(cfg.dtype).state_dict()
+    pretrained = get_family(cfg).pretrained_encoder().to(cfg.dtype).state_dict()
     how = dataclasses.replace(train_instructions(cfg, epochs=cfg.budget_epochs),
                               seed=cfg.seed * 100_003 + 1)  # the seed of a one-shot round 1
     replies = send_to_tasks(grid, node_tasks, MessageType.TRAIN,

@@ -60,7 +60,7 @@ def run_probe(overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Fine-tune (or reuse the cache), choose lambda, and measure C_{j|i} on the test splits."""
     from atmflow.client.app import app as client_app
     from atmflow.config import load_config
-    from atmflow.models.encoder import pretrained_encoder, trainable_keys
+    from atmflow.models.family import get_family
     from atmflow.server.experiment import train_instructions
     from atmflow.server.nodes import discover_task_nodes
     from atmflow.sim.inprocess import InProcessGrid
@@ -70,12 +70,13 @@ def run_probe(overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
     cfg = load_config(overrides)
     grid = InProcessGrid(client_app, cfg.to_run_config(), num_nodes=len(cfg.tasks))
     node_tasks = discover_task_nodes(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout)
-    encoder = pretrained_encoder().to(cfg.dtype)
+    family = get_family(cfg)
+    encoder = family.pretrained_encoder().to(cfg.dtype)
     pretrained = encoder.state_dict()
     step = MergeStep(cfg.merge_method, operator_params(cfg), cfg.aggregation)
     how = train_instructions(cfg, epochs=cfg.budget_epochs, evaluate_finetuned=cfg.individual,
                              tatr_exemplars=cfg.tatr_exemplars if step.needs_gradients else 0)
-    probe = ConflictProbe(node_tasks, how, step, expected={k: pretrained[k] for k in trainable_keys(encoder)},
+    probe = ConflictProbe(node_tasks, how, step, expected={k: pretrained[k] for k in family.trainable_keys(encoder)},
                           round_timeout=cfg.round_timeout, policy="fail", lambda_grid=cfg.lambda_grid)
     probe.start(grid, initial_arrays=ArrayRecord(pretrained), num_rounds=1, timeout=cfg.round_timeout)
     (record,) = probe.history
