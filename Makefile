@@ -61,13 +61,13 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 benchmark: setup
-	$(PY) -m atmflow.sim.benchmark
+	$(PY) -m atmflow.studies.benchmark
 
 # One named study of docs/results.md, e.g. make study STUDY=budget STUDY_ARGS="--seeds 0 1 2"
 STUDY ?= original-settings
 STUDY_ARGS ?=
 study: setup
-	$(PY) -m atmflow.sim.studies $(STUDY) $(STUDY_ARGS)
+	$(PY) -m atmflow.studies $(STUDY) $(STUDY_ARGS)
 
 clean:
 	rm -rf .flwr outputs .pytest_cache

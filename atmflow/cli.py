@@ -5,35 +5,19 @@ task-arithmetic analyses of fine-tuned task vectors (paper 004)."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-import tomllib
 from pathlib import Path
 
-from atmflow.config import ConfigError, load_config
-from atmflow.disentanglement import add_disentanglement_command
+from atmflow.analyses.disentanglement import add_disentanglement_command
+from atmflow.analyses.negation import add_negate_command
+from atmflow.app_config import resolve_config
+from atmflow.config import ConfigError
 from atmflow.merging.cli import add_merge_command
-from atmflow.negation import add_negate_command
-
-
-def app_defaults(project: Path) -> dict[str, object]:
-    """The ``[tool.flwr.app.config]`` table of a project's pyproject.toml."""
-    with (project / "pyproject.toml").open("rb") as f:
-        return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
-
-
-def parse_overrides(text: str) -> dict[str, object]:
-    """Parse ``flwr run``'s ``--run-config`` syntax: space-separated ``key=value``, values in TOML."""
-    pairs = re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", text)
-    try:
-        return tomllib.loads("\n".join(f'"{k}" = {v}' for k, v in pairs))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"cannot parse --run-config {text!r}: {err} (strings need quotes: key='text')") from None
 
 
 def validate(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config({**app_defaults(Path(args.project)), **parse_overrides(args.run_config)})
+        cfg = resolve_config(Path(args.project), args.run_config)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2

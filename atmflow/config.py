@@ -12,13 +12,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 if TYPE_CHECKING:
     import torch
 
-from atmflow.data.sources import DEFAULT_FASHION_MNIST_DIR
+from atmflow.data.embedded import DEFAULT_FASHION_MNIST_DIR
 from atmflow.data.tasks import TASK_REGISTRY, VAL_MAX, parse_data_sources, task_spec
 from atmflow.data.text_tasks import TEXT_SMALL
+from atmflow.merging.registry import METHODS, config_params, get_rule, make_rule, rule_params, unknown_method_message
 from atmflow.models.registry import family_entry
 
 
@@ -33,14 +35,20 @@ def _float_list(value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-# Settings that change what a client computes from a given message (not e.g. run-name or rounds).
-CLIENT_KEYS = ("train-size", "test-size", "val-fraction", "val-max", "data-seed", "image-size", "max-length", "head",
-               "probe-shots",
-               "head-temperature", "seed", "precision", "amp", "model-family", "model", "pretrained",
-               "fashion-mnist-dir", "data-sources", "dataset-dir", "hf-cache-dir", "device",
-               "finetune", "talos-sparsity", "talos-rounds")
+def setting(default: Any = ..., *, client: bool = False, outcome: bool = True, resumable: bool = False,
+            **constraints: Any) -> Any:
+    """A config field with its roles (read by :func:`keys_with_role`; a new key states them here, once):
+
+    - ``client``: changes what a client computes from a given message (data, head, seeds, model), so it
+      is part of the client cache's key (:mod:`atmflow.client.cache`);
+    - ``outcome``: may change a run's results; the studies' run identity hashes exactly these keys;
+    - ``resumable``: may differ between a run and its ``resume = true`` continuation.
+    """
+    roles = {"client": client, "outcome": outcome, "resumable": resumable}
+    return Field(default, json_schema_extra={"roles": roles}, **constraints)
+
+
 BENCHMARKS: dict[str, dict[str, Any]] = {"text-small": TEXT_SMALL}  # benchmark -> preset (kebab-case keys)
-MERGE_METHODS = ("ta", "mean", "ties", "breadcrumbs", "dare", "tatr", "ties+tatr")
 STRATEGY_SHORTHANDS = {  # strategy -> (strategy, init, default merge)
     "ta": ("oneshot", "pretrained", "ta"),
     "pa-atm": ("atm", "pretrained", "mean"),
@@ -63,12 +71,12 @@ class RunConfig(BaseModel):
 
     # What runs. strategy shorthands: ta = oneshot + ta; pa-atm = atm from the pretrained model;
     # ph-atm = atm from the TA-merged model, fine-tuning on the validation splits.
-    run_name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$")
-    output_dir: str = "outputs"
+    run_name: str = setting("default", pattern=r"^[A-Za-z0-9._-]+$", outcome=False)
+    output_dir: str = setting("outputs", outcome=False)
     benchmark: Literal["", "text-small"] = ""  # a preset of the keys below (see BENCHMARKS)
     strategy: Literal["oneshot", "atm", "ta", "pa-atm", "ph-atm"] = "atm"
     tasks: tuple[str, ...] = ("fashion-mnist", "mnist", "animal-mnist", "digits")
-    seed: int = Field(0, ge=0)
+    seed: int = setting(0, ge=0, client=True)
     individual: bool = True
 
     # Budget. oneshot: one round of budget-epochs. atm: `rounds` rounds of epochs-per-round epochs.
@@ -79,23 +87,21 @@ class RunConfig(BaseModel):
     init: Literal["pretrained", "ta"] = "pretrained"
     init_checkpoint: str = ""  # PH-ATM from a merged encoder file (safetensors) instead of running TA
 
-    # Merging: the operator and its parameters (merge-lambda 0 = the operator's own default)
-    merge: Literal["", "ta", "mean", "ties", "breadcrumbs", "dare", "tatr", "ties+tatr"] = ""
+    # Merging: the operator (atmflow.merging.registry) and its parameters. Each parameter has its own
+    # run-config key, declared by its rule (ties-k, breadcrumbs-beta, ...), collected in merge_params.
+    # merge-lambda 0 = the operator's own default scaling.
+    merge: str = ""
     merge_lambda: float = Field(0.0, ge=0)
     lambda_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    ties_k: float = Field(0.2, gt=0, le=1)
-    breadcrumbs_beta: float = Field(0.85, ge=0, le=1)
-    breadcrumbs_gamma: float = Field(0.993, ge=0, le=1)
-    dare_p: float = Field(0.9, ge=0, lt=1)
-    merge_seed: int = Field(0, ge=0)
-    tatr_trust_fraction: float = Field(0.01, ge=0, lt=1)
+    merge_params: dict[str, float | int] = Field(default_factory=dict, exclude=True)  # {run-config key: value}
     tatr_exemplars: int = Field(128, ge=0)  # 0: zero-shot TATR (|tau| as the gradient estimate)
     aggregation: Literal["uniform", "examples"] = "uniform"
 
     # Robustness and restarts
     on_missing_task: Literal["fail", "skip"] = "fail"
-    resume: bool = False
-    cache_dir: str = ""  # clients cache task vectors here (same base + instructions -> no retraining)
+    resume: bool = setting(False, outcome=False, resumable=True)
+    # clients cache task vectors here (same base + instructions -> no retraining)
+    cache_dir: str = setting("", outcome=False)
 
     # Client fine-tuning
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -103,43 +109,46 @@ class RunConfig(BaseModel):
     weight_decay: float = Field(0.1, ge=0)
     batch_size: int = Field(32, ge=1)
     full_batch: bool = False
-    num_threads: int = Field(1, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["float32", "float64"] = "float32"  # float64: exact checks such as Theorem 3.1
-    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast when on CUDA with float32 weights
+    num_threads: int = setting(1, ge=1, outcome=False)
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", client=True)
+    # float64: exact checks such as Theorem 3.1
+    precision: Literal["float32", "float64"] = setting("float32", client=True)
+    # auto: bf16 autocast when on CUDA with float32 weights
+    amp: Literal["auto", "off", "bf16"] = setting("auto", client=True)
     num_workers: int = Field(0, ge=0)  # threads that decode lazily loaded data sets (0: in the caller)
     # TaLoS sparse fine-tuning (paper 004): talos-sparsity = fraction of the maskable parameters NOT
     # updated (paper default 0.9: 10% are fine-tuned), mask calibrated over talos-rounds rounds (paper: 4)
-    finetune: Literal["full", "talos"] = "full"
-    talos_sparsity: float = Field(0.9, ge=0, lt=1)
-    talos_rounds: int = Field(4, ge=1)
+    finetune: Literal["full", "talos"] = setting("full", client=True)
+    talos_sparsity: float = setting(0.9, ge=0, lt=1, client=True)
+    talos_rounds: int = setting(4, ge=1, client=True)
     transport_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # task vectors on the wire
 
     # Model family, model and frozen heads ("" / "auto": the family's default, atmflow.models.registry)
-    model_family: str = "mobilenet-v2"
-    model: str = ""
-    pretrained: str = ""
-    image_size: int = Field(64, ge=32, le=224)  # mobilenet-v2 input size (open_clip: the model's own)
-    max_length: int = Field(128, ge=8, le=512)  # hf-text: tokens per example (a sentence pair: both together)
-    head: str = "auto"
-    probe_shots: int = Field(3, ge=1)
-    head_temperature: float = Field(10.0, gt=0)
+    model_family: str = setting("mobilenet-v2", client=True)
+    model: str = setting("", client=True)
+    pretrained: str = setting("", client=True)
+    image_size: int = setting(64, ge=32, le=224, client=True)  # mobilenet-v2 input size (open_clip: the model's own)
+    # hf-text: tokens per example (a sentence pair: both together)
+    max_length: int = setting(128, ge=8, le=512, client=True)
+    head: str = setting("auto", client=True)
+    probe_shots: int = setting(3, ge=1, client=True)
+    head_temperature: float = setting(10.0, gt=0, client=True)
 
     # Data: per-task subsample sizes and split seed
     # (0 = all: the literature's split, validation = val-fraction of train, at most val-max)
-    train_size: int = Field(400, ge=0)
-    test_size: int = Field(300, ge=0)
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    val_max: int = Field(VAL_MAX, ge=1)
-    data_seed: int = Field(0, ge=0)
-    fashion_mnist_dir: str = DEFAULT_FASHION_MNIST_DIR
-    data_sources: str = ""  # "task=hub-name-or-path,..." (atmflow.data.tasks)
-    dataset_dir: str = ""  # <dataset-dir>/<task> is used when it exists
-    hf_cache_dir: str = ""  # Hugging Face cache for weights and data sets ("" = HF_HOME default)
+    train_size: int = setting(400, ge=0, client=True)
+    test_size: int = setting(300, ge=0, client=True)
+    val_fraction: float = setting(0.1, gt=0, lt=1, client=True)
+    val_max: int = setting(VAL_MAX, ge=1, client=True)
+    data_seed: int = setting(0, ge=0, client=True)
+    fashion_mnist_dir: str = setting(DEFAULT_FASHION_MNIST_DIR, client=True)
+    data_sources: str = setting("", client=True)  # "task=hub-name-or-path,..." (atmflow.data.tasks)
+    dataset_dir: str = setting("", client=True)  # <dataset-dir>/<task> is used when it exists
+    hf_cache_dir: str = setting("", client=True)  # Hugging Face cache for weights and data sets ("" = HF_HOME default)
 
     # Orchestration
-    round_timeout: float = Field(3600.0, gt=0)
-    node_wait_s: float = Field(120.0, gt=0)
+    round_timeout: float = setting(3600.0, gt=0, outcome=False, resumable=True)
+    node_wait_s: float = setting(120.0, gt=0, outcome=False, resumable=True)
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -154,6 +163,30 @@ class RunConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"task listed twice: {names}")
         return tuple(names)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_merge_params(cls, data: Any) -> Any:
+        """Move the merge rules' keys (:func:`atmflow.merging.registry.config_params`) into ``merge_params``,
+        with each rule's default for an absent key, and check each against its rule's declared range."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        given = dict(out.pop("merge_params", None) or out.pop("merge-params", None) or {})
+        settings = {}
+        for key, p in config_params().items():
+            for name in (key, key.replace("-", "_")):
+                if name in out:
+                    given[key] = out.pop(name)
+            value = given.get(key, p.default)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                value = float(value) if isinstance(p.default, float) else (
+                    int(value) if float(value).is_integer() else value)
+            if not p.is_valid(value):
+                raise ValueError(f"{key}: {value!r} is not allowed ({p.allowed}; {p.meaning})")
+            settings[key] = value
+        out["merge_params"] = settings
+        return out
 
     @model_validator(mode="before")
     @classmethod
@@ -181,6 +214,13 @@ class RunConfig(BaseModel):
             strategy, init, merge = STRATEGY_SHORTHANDS[data["strategy"]]
             data = {**data, "strategy": strategy, "init": init, "merge": data.get("merge") or merge}
         return data
+
+    @field_validator("merge")
+    @classmethod
+    def _known_merge(cls, value: str) -> str:
+        if value and value not in METHODS:
+            raise ValueError(unknown_method_message(value))
+        return value
 
     @field_validator("train_size", "test_size")
     @classmethod
@@ -211,10 +251,11 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:
-        if self.breadcrumbs_beta > self.breadcrumbs_gamma:
-            raise ValueError("breadcrumbs-beta must not exceed breadcrumbs-gamma")
-        if self.aggregation == "examples" and self.merge_method not in ("ta", "mean"):
-            raise ValueError(f"aggregation='examples' is defined for the linear merges ta and mean, "
+        for method in METHODS:  # constraints between one rule's parameters (e.g. Breadcrumbs' beta <= gamma)
+            make_rule(method, rule_params(method, self.merge_params))
+        if self.aggregation == "examples" and not get_rule(self.merge_method).linear:
+            linear = ", ".join(name for name, rule in METHODS.items() if rule.linear)
+            raise ValueError(f"aggregation='examples' is defined for the linear merges ({linear}), "
                              f"not for merge={self.merge_method!r}")
         if self.init_checkpoint and self.strategy != "atm":
             raise ValueError("init-checkpoint starts an ATM run (PH-ATM); it needs strategy='atm'")
@@ -229,6 +270,11 @@ class RunConfig(BaseModel):
         if self.amp == "bf16" and self.precision != "float32":
             raise ValueError("amp='bf16' (autocast) needs precision='float32' weights")
         return self
+
+    @property
+    def data_source_map(self) -> dict[str, str]:
+        """``data-sources`` parsed: ``{task: local folder or hub name}``."""
+        return parse_data_sources(self.data_sources)
 
     @property
     def model_name(self) -> str:
@@ -263,7 +309,7 @@ class RunConfig(BaseModel):
     def label(self) -> str:
         """A short name for reports: TA, TIES, PA-ATM10, PH-ATM10 (ties), ..."""
         if self.strategy == "oneshot":
-            return self.merge_method.upper().replace("BREADCRUMBS", "Breadcrumbs")
+            return get_rule(self.merge_method).display_name()
         name = f"{'PH' if self.ph_atm else 'PA'}-ATM{self.rounds}"
         return name if self.merge_method == "mean" else f"{name} ({self.merge_method})"
 
@@ -275,15 +321,34 @@ class RunConfig(BaseModel):
 
     def client_settings(self) -> dict[str, Any]:
         """The settings that change what a client computes from a given message (data, head, seeds)."""
-        return {k: v for k, v in self.to_run_config().items() if k in CLIENT_KEYS}
+        keys = keys_with_role("client")
+        return {k: v for k, v in self.to_run_config().items() if k in keys}
+
+    def operator_params(self, scale: float | None = None) -> dict[str, float | int]:
+        """The parameters of the merge operator (names as its rule declares them); its scaling coefficient
+        is ``scale``, else ``merge-lambda`` when set, else the rule's default."""
+        return rule_params(self.merge_method, self.merge_params, scale if scale is not None else
+                           (self.merge_lambda or None))
 
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """The resolved config as a Flower run config (kebab-case keys, lists as comma-separated strings).
 
         Stored in results.json; feeding it back to :func:`load_config` gives the same config.
         """
-        flat = self.model_dump(mode="json", by_alias=True)
+        flat = {**self.model_dump(mode="json", by_alias=True), **self.merge_params}
         return {k: ",".join(str(x) for x in v) if isinstance(v, list) else v for k, v in flat.items()}
+
+
+def keys_with_role(role: str) -> frozenset[str]:
+    """The run-config keys whose field has ``role`` (``client``, ``outcome`` or ``resumable``; see
+    :func:`setting`). The merge rules' keys change outcomes only."""
+    keys = {name.replace("_", "-") for name, f in RunConfig.model_fields.items() if _roles(f).get(role)}
+    return frozenset(keys | set(config_params()) if role == "outcome" else keys)
+
+
+def _roles(field: FieldInfo) -> dict[str, bool]:
+    extra = field.json_schema_extra
+    return dict(extra["roles"]) if isinstance(extra, dict) and "roles" in extra else {"outcome": True}
 
 
 def _normalised(value: Any) -> Any:
@@ -305,9 +370,19 @@ def load_config(run_config: Mapping[str, Any]) -> RunConfig:
     except ValidationError as err:
         lines = []
         for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(config)"
-            if e["type"] == "extra_forbidden":
-                lines.append(f"  {key}: unknown key; see [tool.flwr.app.config] in pyproject.toml")
+            key = ".".join(str(p) for p in e["loc"])
+            if not key:  # a check across keys, or of a merge rule's key: the message names the keys
+                lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+            elif e["type"] == "extra_forbidden":
+                lines.append(f"  {key}: unknown key{_closest_key(key)}; see [tool.flwr.app.config] in pyproject.toml")
             else:
-                lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+                lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
         raise ConfigError("invalid run config:\n" + "\n".join(lines)) from None
+
+
+def _closest_key(key: str) -> str:
+    import difflib
+
+    known = [*(n.replace("_", "-") for n in RunConfig.model_fields if n != "merge_params"), *config_params()]
+    close = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 DESCRIBE = "query.describe"
 ARRAYS = "arrays"
@@ -32,6 +32,25 @@ METRICS = "metrics"
 GRADS = "grads"
 TRANSPORT = "transport"  # config record of a train reply: {"spec": JSON}, see atmflow.transport
 TASK = "task"
+
+# Metric keys of the replies (the ``metrics`` record)
+ACCURACY = "accuracy"
+LOSS = "loss"
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+STEPS = "steps"
+WALL_S = "wall-s"
+FINETUNED_ACCURACY = "finetuned-accuracy"  # the fine-tuned model's test scores (evaluate-finetuned)
+FINETUNED_LOSS = "finetuned-loss"
+CACHE_HIT = "cache-hit"
+TALOS_CALIBRATION_S = "talos-calibration-s"
+TALOS_KEPT_FRACTION = "talos-kept-fraction"
+SPLIT = "split"  # config key of an evaluate message
+SPEC = "spec"  # key of the transport config record
+
+# Node config keys of a SuperNode (flower-supernode --node-config "task='mnist' data-path='/data'")
+NODE_TASK = "task"
+NODE_DATA_PATH = "data-path"
 
 
 @dataclass(frozen=True)
@@ -81,3 +100,47 @@ def reply_task(reply: Message) -> str | None:
 
 def content(**records: object) -> RecordDict:
     return RecordDict(dict(records))  # type: ignore[arg-type]
+
+
+def train_request(arrays: ArrayRecord, instructions: TrainInstructions) -> RecordDict:
+    """A train message's content: the base weights and the instructions."""
+    return content(**{ARRAYS: arrays, CONFIG: instructions.to_record()})
+
+
+def evaluate_request(arrays: ArrayRecord, split: str) -> RecordDict:
+    """An evaluate message's content (also a handshake that evaluates): the weights and the split."""
+    return content(**{ARRAYS: arrays, CONFIG: ConfigRecord({SPLIT: split})})
+
+
+def requested_split(msg: Message) -> str:
+    return str(msg.content.config_records[CONFIG][SPLIT])
+
+
+def requested_instructions(msg: Message) -> TrainInstructions:
+    return TrainInstructions.from_record(msg.content.config_records[CONFIG])
+
+
+def describe_reply(task: str) -> RecordDict:
+    return content(**{TASK: task_record(task)})
+
+
+def evaluate_reply(task: str, accuracy: float, loss: float, num_examples: int) -> RecordDict:
+    metrics = MetricRecord({ACCURACY: accuracy, LOSS: loss, NUM_EXAMPLES: num_examples})
+    return content(**{METRICS: metrics, TASK: task_record(task)})
+
+
+def train_reply(task: str, wire: ArrayRecord, spec: str, metrics: dict[str, float],
+                grads: ArrayRecord | None = None) -> RecordDict:
+    """A train reply's content: the encoded task vector with its transport spec, the train metrics and,
+    when asked for, TATR's gradient estimate."""
+    records: dict[str, object] = {ARRAYS: wire, METRICS: MetricRecord(metrics), TASK: task_record(task),
+                                  TRANSPORT: ConfigRecord({SPEC: spec})}
+    if grads is not None:
+        records[GRADS] = grads
+    return content(**records)
+
+
+def transport_spec(reply: Message) -> str | None:
+    """The transport spec of a train reply (None: plain arrays)."""
+    record = reply.content.config_records.get(TRANSPORT)
+    return None if record is None else str(record[SPEC])

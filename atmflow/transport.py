@@ -16,7 +16,7 @@ original dtype (with ``float32`` transport of a float32 vector, the vector itsel
 or ``float16``, each entry rounded once to that type). Flower's arrays are NumPy arrays, which have
 no bfloat16: bfloat16 values travel as their raw 16 bits (int16) and are reinterpreted on decoding.
 Pure functions, used by the client (:mod:`atmflow.client.app`) and the server
-(:mod:`atmflow.server.exchange`).
+(:mod:`atmflow.rounds.exchange`).
 """
 
 from __future__ import annotations

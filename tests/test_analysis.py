@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from atmflow.analysis import task_vector_geometry
+from atmflow.rounds.geometry import task_vector_geometry
 from atmflow.strategies.merge_step import MergeStep
 
 

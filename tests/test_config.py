@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from atmflow.cli import app_defaults, parse_overrides
+from atmflow.app_config import app_defaults, parse_overrides
 from atmflow.config import ConfigError, RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +22,9 @@ def test_paper_defaults() -> None:
     assert (cfg.strategy, cfg.init, cfg.merge_method, cfg.label) == ("atm", "pretrained", "mean", "PA-ATM10")
     assert (cfg.budget_epochs, cfg.rounds, cfg.epochs_per_round, cfg.val_fraction) == (10, 10, 1, 0.1)
     assert cfg.lambda_grid == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    assert (cfg.ties_k, cfg.breadcrumbs_beta, cfg.breadcrumbs_gamma, cfg.dare_p) == (0.2, 0.85, 0.993, 0.9)
-    assert (cfg.tatr_trust_fraction, cfg.tatr_exemplars, cfg.on_missing_task) == (0.01, 128, "fail")
+    assert cfg.merge_params == {"ties-k": 0.2, "breadcrumbs-beta": 0.85, "breadcrumbs-gamma": 0.993, "dare-p": 0.9,
+                                "merge-seed": 0, "tatr-trust-fraction": 0.01}
+    assert (cfg.tatr_exemplars, cfg.on_missing_task) == (128, "fail")
 
 
 @pytest.mark.parametrize(
@@ -46,10 +47,10 @@ def test_resolved_config_round_trips() -> None:
     ("overrides", "expected"),
     [
         ({"strategy": "foo"}, "strategy: Input should be 'oneshot', 'atm', 'ta', 'pa-atm' or 'ph-atm'"),
-        ({"merge": "slerp"}, "merge: Input should be '', 'ta', 'mean', 'ties', 'breadcrumbs', 'dare', 'tatr'"),
+        ({"merge": "slerp"}, "merge: unknown merge method 'slerp'; allowed: mean, ta, ties"),
         ({"on-missing-task": "ignore"}, "on-missing-task: Input should be 'fail' or 'skip'"),
         ({"merge": "ties", "aggregation": "examples"}, "aggregation='examples' is defined for the linear merges"),
-        ({"breadcrumbs-beta": 0.9, "breadcrumbs-gamma": 0.5}, "breadcrumbs-beta must not exceed"),
+        ({"breadcrumbs-beta": 0.9, "breadcrumbs-gamma": 0.5}, "beta=0.9 must not exceed gamma=0.5"),
         ({"strategy": "ta", "init-checkpoint": "x.safetensors"}, "init-checkpoint starts an ATM run"),
         ({"lr": -1.0}, "lr: Input should be greater than 0"),
         ({"tasks": "mnist,cifar10"}, "unknown task(s) ['cifar10']; available: ['animal-mnist', 'cars'"),

@@ -6,8 +6,8 @@ import torch
 
 from atmflow.client.task import load_task
 from atmflow.config import RunConfig
+from atmflow.data.embedded import TASKS, DataUnavailableError, RawTask, load_fashion_mnist
 from atmflow.data.images import IMAGENET_MEAN, IMAGENET_STD, imagenet_preprocess
-from atmflow.data.sources import TASKS, DataUnavailableError, RawTask, load_fashion_mnist
 from atmflow.data.splits import Split, literature_split, make_splits
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from atmflow.cli import app_defaults, parse_overrides
+from atmflow.app_config import app_defaults, parse_overrides
 from atmflow.client.app import app as client_app
 from atmflow.config import load_config
+from atmflow.deploy.loopback import LoopbackDeployment
 from atmflow.server.experiment import run_experiment
-from atmflow.sim.deployment import LoopbackDeployment
 from atmflow.sim.inprocess import InProcessGrid
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,9 @@ from atmflow import protocol
 from atmflow.client.app import app as client_app
 from atmflow.client.app import node_data
 from atmflow.config import load_config
-from atmflow.models.encoder import pretrained_encoder
-from atmflow.server.exchange import (
+from atmflow.deploy.loopback import GENERATE_CERTS, LoopbackDeployment, generate_certificates
+from atmflow.models.mobilenet import pretrained_encoder
+from atmflow.rounds.exchange import (
     TaskFailureError,
     collect_replies,
     evaluate_on_tasks,
@@ -27,7 +28,6 @@ from atmflow.server.exchange import (
 )
 from atmflow.server.experiment import run_experiment
 from atmflow.server.nodes import check_task_nodes, discover_and_evaluate, node_claims
-from atmflow.sim.deployment import GENERATE_CERTS, LoopbackDeployment, generate_certificates
 from atmflow.sim.inprocess import InProcessGrid
 
 SUPERLINK_NODE_ID = 1  # the source id of error replies written by the SuperLink itself

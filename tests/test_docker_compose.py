@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from atmflow.cli import app_defaults
-from atmflow.client.app import DATA_PATH_KEYS
+from atmflow.app_config import app_defaults
 from atmflow.config import load_config
+from atmflow.data.tasks import CONFIG_SOURCES as DATA_PATH_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"

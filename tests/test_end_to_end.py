@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from atmflow.client import app as client_module
 from atmflow.client.app import app as client_app
 from atmflow.config import load_config
-from atmflow.models.encoder import pretrained_encoder
-from atmflow.server.exchange import TaskFailureError
+from atmflow.models.mobilenet import pretrained_encoder
+from atmflow.rounds.exchange import TaskFailureError
 from atmflow.server.experiment import run_experiment
 from atmflow.sim.inprocess import InProcessGrid
 from atmflow.sim.local import run_inprocess

@@ -11,12 +11,12 @@ import torch
 from atmflow.client.task import use_amp
 from atmflow.config import ConfigError, RunConfig, load_config
 from atmflow.data import tasks
+from atmflow.data.embedded import RawTask
 from atmflow.data.examples import LazyInputs, batch_to, materialise
 from atmflow.data.images import imagenet_preprocess
-from atmflow.data.sources import RawTask
 from atmflow.data.tasks import DataLocation, TaskSpec, data_location, parse_data_sources
-from atmflow.models.encoder import MobileNetV2Encoder, MobileNetV2Family
 from atmflow.models.family import get_family
+from atmflow.models.mobilenet import MobileNetV2Encoder, MobileNetV2Family
 
 
 class Column:

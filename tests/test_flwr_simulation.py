@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from atmflow.sim.flwr_local import processes_with_env, run_simulation
+from atmflow.processes import processes_with_env
+from atmflow.sim.flwr_local import run_simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from atmflow.data.embedded import DataUnavailableError
 from atmflow.data.glue import GLUE_TASKS, glue_metrics, load_glue
-from atmflow.data.sources import DataUnavailableError
 
 SENTENCES = ["the cat sat", "a dog barked loudly", "colourless green ideas", "we ate", "she read a book",
              "books the read she", "it rained all day", "dogs cats and birds"]

@@ -11,9 +11,9 @@ from hf_data import images_for, write_image_dataset
 
 from atmflow.client.task import load_task
 from atmflow.config import RunConfig
+from atmflow.data.embedded import DataUnavailableError
 from atmflow.data.examples import LazyInputs
 from atmflow.data.hf_vision import GTSRB_CLASSES, HF_IMAGE_TASKS, ImageColumn, load_hf_image_task
-from atmflow.data.sources import DataUnavailableError
 from atmflow.data.tasks import TASK_REGISTRY, load_raw_task
 from atmflow.models.templates import TEMPLATES
 

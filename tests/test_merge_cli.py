@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from atmflow.cli import main
 from atmflow.merging import METHODS, merge
-from atmflow.merging.cli import PARAMETER_OPTIONS
+from atmflow.merging.cli import parameter_options
 
 State = dict[str, torch.Tensor]
 
@@ -199,7 +199,7 @@ def test_help_lists_every_method_and_every_parameter_has_an_option(capsys: pytes
     with pytest.raises(SystemExit):
         main(["merge", "--help"])
     printed = capsys.readouterr().out
-    options = {name for _, name, _, _ in PARAMETER_OPTIONS}
+    options = set(parameter_options())
     for method, rule in METHODS.items():
         assert f"  {method} " in printed
         assert {p.name for p in rule.params()} <= options

@@ -302,9 +302,9 @@ def test_top_fraction_threshold_equals_the_full_sort(seed: int, dtype: torch.dty
 
 
 @pytest.mark.parametrize(("method", "params", "message"), [
-    ("median", {}, r"unknown merge method 'median'; allowed: ta, mean, ties, breadcrumbs, dare, tatr, ties\+tatr"),
+    ("median", {}, r"unknown merge method 'median' \(did you mean 'mean'\?\); allowed: mean, ta, ties, breadcrumbs, dare, tatr, ties\+tatr"),
     ("ta", {"k": 0.2}, "merge method 'ta' has no parameter 'k'; its parameters: lam"),
-    ("ties", {"k": 1.5}, r"ties: k=1.5 is not allowed \(0 <= k <= 1\)"),
+    ("ties", {"k": 1.5}, r"ties: k=1.5 is not allowed \(0 < k <= 1\)"),
     ("dare", {"p": 1.0}, r"dare: p=1.0 is not allowed \(0 <= p < 1\)"),
     ("dare", {"seed": 0.5}, "dare: seed=0.5 is not allowed"),
     ("breadcrumbs", {"beta": 0.9, "gamma": 0.5}, "beta=0.9 must not exceed gamma=0.5"),

@@ -6,8 +6,8 @@ import torch
 from atmflow.client.evaluation import evaluate
 from atmflow.client.task import encode, load_task
 from atmflow.config import RunConfig
-from atmflow.models.encoder import FEATURE_DIM, pretrained_encoder, trainable_keys
 from atmflow.models.heads import few_shot_indices, probe_head, random_head
+from atmflow.models.mobilenet import FEATURE_DIM, pretrained_encoder, trainable_keys
 
 CPU = torch.device("cpu")
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
+from atmflow.analyses.disentanglement import disentanglement_error, grid_values, plot, predictor
+from atmflow.analyses.finetuned import finetuned_task_vectors
+from atmflow.analyses.negation import alpha_grid, choose_alpha, negate
 from atmflow.config import load_config
-from atmflow.disentanglement import disentanglement_error, grid_values, plot, predictor
-from atmflow.negation import alpha_grid, choose_alpha, negate
-from atmflow.sim.task_vectors import finetuned_task_vectors
 
 
 def test_alpha_grid_is_stretched_for_talos() -> None:

@@ -11,15 +11,8 @@ import pytest
 from flwr.common.config import parse_config_args
 from flwr.supercore.utils import simulation_config_from_json
 
-from atmflow.sim.flwr_local import (
-    LOCAL_RAY,
-    check_ray_address,
-    federation_config,
-    flwr_env,
-    free_port,
-    processes_with_env,
-    run_simulation,
-)
+from atmflow.processes import LOCAL_RAY, flwr_env, free_port, processes_with_env
+from atmflow.sim.flwr_local import check_ray_address, federation_config, run_simulation
 from atmflow.sim.ray_cluster import (
     active_nodes,
     cluster_processes,

@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 
 from atmflow import protocol
 from atmflow.client.app import app as client_app
-from atmflow.config import MERGE_METHODS, load_config
-from atmflow.models.encoder import pretrained_encoder
-from atmflow.server.exchange import TaskFailureError
+from atmflow.config import load_config
+from atmflow.merging.registry import METHODS, method_names
+from atmflow.models.mobilenet import pretrained_encoder
+from atmflow.rounds.exchange import TaskFailureError
 from atmflow.server.experiment import run_experiment
 from atmflow.server.results import RunResults
 from atmflow.sim.inprocess import InProcessGrid
@@ -38,13 +39,13 @@ def _final(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "final_encoder.safetensors"))
 
 
-@pytest.mark.parametrize("merge", MERGE_METHODS)
+@pytest.mark.parametrize("merge", method_names())
 def test_oneshot_with_every_operator(tiny: dict[str, Any], shared_cache: str, merge: str) -> None:
     run_inprocess({**tiny, "run-name": "oneshot", "strategy": "oneshot", "merge": merge, "budget-epochs": 1,
                    "lambda-grid": "0.3,1.0", "tatr-exemplars": 8, "cache-dir": shared_cache})
     out = _load(Path(tiny["output-dir"]) / "oneshot")
     (record,) = out["rounds"]
-    assert out["label"] == merge.upper().replace("BREADCRUMBS", "Breadcrumbs")
+    assert out["label"] == METHODS[merge].display_name()
     assert record["extra"]["merge"] == merge and set(record["extra"]["lambda_curve"]) == {"0.3", "1"}
     assert sorted(record["tasks"]) == TASKS and out["individual"] is not None
     geometry = record["geometry"]
@@ -58,7 +59,7 @@ def test_oneshot_with_every_operator(tiny: dict[str, Any], shared_cache: str, me
     assert any(not torch.equal(final[k], pretrained[k]) for k in pretrained)  # never the pretrained model
 
 
-@pytest.mark.parametrize("merge", MERGE_METHODS)
+@pytest.mark.parametrize("merge", method_names())
 def test_atm_with_every_merge_step(tiny: dict[str, Any], merge: str) -> None:
     run_inprocess({**tiny, "run-name": "atm", "strategy": "atm", "merge": merge, "rounds": 2, "individual": False,
                    "tatr-exemplars": 4})

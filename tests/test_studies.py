@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import torch
 
-from atmflow.analysis import knowledge_conflict, total_conflict
 from atmflow.config import ConfigError
 from atmflow.merging import merge
-from atmflow.sim.studies import STUDIES, run_study
-from atmflow.sim.studies.__main__ import main
-from atmflow.sim.studies.runner import Pick, RunSpec
-from atmflow.sim.studies.tables import compare
+from atmflow.rounds.geometry import knowledge_conflict, total_conflict
+from atmflow.studies import STUDIES, run_study
+from atmflow.studies.__main__ import main
+from atmflow.studies.runner import Pick, RunSpec
+from atmflow.studies.tables import compare
 
 
 def test_knowledge_conflict_is_definition_1_and_eq_4_for_a_linear_loss() -> None:
@@ -137,7 +137,7 @@ def test_every_study_end_to_end_then_cached(tmp_path: Path, monkeypatch: pytest.
 
 
 def _parse(text: str) -> dict[str, Any]:
-    from atmflow.cli import parse_overrides
+    from atmflow.app_config import parse_overrides
 
     return parse_overrides(text)
 
@@ -147,7 +147,7 @@ def test_a_run_folder_locked_by_a_live_process_is_not_claimed(tmp_path: Path) ->
     import subprocess
     import sys
 
-    from atmflow.sim.studies.runner import _claim
+    from atmflow.studies.runner import _claim
 
     (tmp_path / "lock").write_text(str(os.getppid()))  # a live process
     assert not _claim(tmp_path)

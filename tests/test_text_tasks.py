@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from atmflow.data import text_tasks
-from atmflow.data.sources import DataUnavailableError
+from atmflow.data.embedded import DataUnavailableError
 from atmflow.data.text_tasks import TEXT_TASKS, balanced, load_fortune_topic
 
 EXPECTED = {  # task -> (classes, examples per class)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from atmflow.client.task import local_task
 from atmflow.config import load_config
-from atmflow.models.encoder import pretrained_encoder, trainable_keys
+from atmflow.models.mobilenet import pretrained_encoder, trainable_keys
 from atmflow.sim.local import run_inprocess
 
 ETA, LAM = 0.5, 0.3

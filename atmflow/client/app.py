@@ -3,15 +3,16 @@
 Which task a node holds: ``--node-config "task='mnist'"`` in a deployment; in a simulation, the
 node's ``partition-id`` indexes the run config's ``tasks`` list. In a deployment the node's own
 data folder comes from ``--node-config "data-path='/data'"`` (for tasks read from a folder, see
-:data:`DATA_PATH_KEYS`) and overrides the run config's folder for that task.
+:data:`atmflow.data.tasks.CONFIG_SOURCES`) and overrides the run config's folder for that task.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from atmflow import protocol, transport
@@ -22,6 +23,7 @@ from atmflow.client.talos import calibrate_mask, mask_fraction
 from atmflow.client.task import LocalTask, local_task, task_seed
 from atmflow.client.training import fine_tune
 from atmflow.config import RunConfig, load_config
+from atmflow.data.tasks import CONFIG_SOURCES
 from atmflow.merging import add_scaled, task_vector
 from atmflow.models.family import get_family
 
@@ -30,8 +32,8 @@ app = ClientApp()
 
 def node_task(context: Context, cfg: RunConfig) -> str:
     """The task this node holds (see module docstring)."""
-    if "task" in context.node_config:
-        task = str(context.node_config["task"])
+    if protocol.NODE_TASK in context.node_config:
+        task = str(context.node_config[protocol.NODE_TASK])
         if task not in cfg.tasks:
             raise ValueError(f"this node holds task {task!r}, which is not in the run's tasks {list(cfg.tasks)}")
         return task
@@ -42,19 +44,16 @@ def node_task(context: Context, cfg: RunConfig) -> str:
     return cfg.tasks[pid]
 
 
-# task -> the run-config field that a node's ``data-path`` replaces (tasks read from a folder)
-DATA_PATH_KEYS = {"fashion-mnist": "fashion_mnist_dir"}
-
-
 def node_data(context: Context, cfg: RunConfig, task: str) -> RunConfig:
     """The run config with this node's ``data-path`` (node config) as the task's data folder."""
-    if "data-path" not in context.node_config:
+    if protocol.NODE_DATA_PATH not in context.node_config:
         return cfg
-    if task not in DATA_PATH_KEYS:
-        raise ValueError(f"node config data-path={context.node_config['data-path']!r} is set, but task {task!r} "
+    path = str(context.node_config[protocol.NODE_DATA_PATH])
+    if task not in CONFIG_SOURCES:
+        raise ValueError(f"node config data-path={path!r} is set, but task {task!r} "
                          f"reads its data from an installed Python package, not a folder; remove data-path "
-                         f"(it applies to {sorted(DATA_PATH_KEYS)})")
-    return cfg.model_copy(update={DATA_PATH_KEYS[task]: str(context.node_config["data-path"])})
+                         f"(it applies to {sorted(CONFIG_SOURCES)})")
+    return cfg.model_copy(update={CONFIG_SOURCES[task]: path})
 
 
 def _setup(context: Context) -> tuple[RunConfig, str, LocalTask]:
@@ -81,7 +80,7 @@ def describe(msg: Message, context: Context) -> Message:
     if protocol.ARRAYS in msg.content.array_records:
         return evaluate_model(msg, context)
     _, task, _ = _setup(context)
-    return Message(content=protocol.content(task=protocol.task_record(task)), reply_to=msg)
+    return Message(content=protocol.describe_reply(task), reply_to=msg)
 
 
 @app.train()
@@ -94,62 +93,60 @@ def train(msg: Message, context: Context) -> Message:
     With ``cache-dir`` set, an earlier identical fine-tuning is reused (see :mod:`atmflow.client.cache`).
     """
     cfg, task, local = _setup(context)
-    record = msg.content.config_records[protocol.CONFIG]
-    how = protocol.TrainInstructions.from_record(record)
-    how = protocol.TrainInstructions(**{**how.__dict__, "seed": task_seed(how.seed, task)})
+    received = protocol.requested_instructions(msg)
+    instructions = dataclasses.replace(received, seed=task_seed(received.seed, task))
     encoder = _encoder(msg, cfg)
     base = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-    key = cache.cache_key(base, how, task, cfg) if cfg.cache_dir else ""
-    grads = _gradient_estimate(encoder, local, how, cfg.cache_dir, key) if how.tatr_exemplars else {}
+    key = cache.cache_key(base, instructions, task, cfg) if cfg.cache_dir else ""
+    grads = _gradient_estimate(encoder, local, instructions, cfg.cache_dir, key) if instructions.tatr_exemplars else {}
     cached = cache.load(cfg.cache_dir, key) if key else None
     if cached is None:
-        mask, talos_metrics = _talos_mask(encoder, local, how, cfg)
+        mask, talos_metrics = _talos_mask(encoder, local, instructions, cfg)
         with local.autocast():
-            stats = fine_tune(encoder, local.head, local.data.split(how.split), how, local.device, mask)
-        metrics = {"train-loss": stats.loss, "num-examples": float(stats.examples), "steps": float(stats.steps),
-                   "wall-s": stats.seconds, **talos_metrics}
+            split = local.data.split(instructions.split)
+            stats = fine_tune(encoder, local.head, split, instructions, local.device, mask)
+        metrics = {protocol.TRAIN_LOSS: stats.loss, protocol.NUM_EXAMPLES: float(stats.examples),
+                   protocol.STEPS: float(stats.steps), protocol.WALL_S: stats.seconds, **talos_metrics}
         tau = task_vector({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, base,
                           get_family(cfg).trainable_keys(encoder))
     else:
         tau, metrics = cached
         encoder.load_state_dict(add_scaled(base, tau, 1.0))
-    completed = how.evaluate_finetuned and "finetuned-accuracy" not in metrics
+    completed = instructions.evaluate_finetuned and protocol.FINETUNED_ACCURACY not in metrics
     if completed:
         with local.autocast():
-            metrics["finetuned-accuracy"], metrics["finetuned-loss"] = evaluate(
+            metrics[protocol.FINETUNED_ACCURACY], metrics[protocol.FINETUNED_LOSS] = evaluate(
                 encoder, local.head, local.data.test, local.device)
     if key and (cached is None or completed):
         cache.store(cfg.cache_dir, key, tau, metrics)
-    metrics["cache-hit"] = float(cached is not None)
+    metrics[protocol.CACHE_HIT] = float(cached is not None)
     wire, spec = transport.encode(tau, cfg.transport_dtype)
-    records: dict[str, object] = {"arrays": ArrayRecord(wire), "metrics": MetricRecord(metrics),
-                                  "task": protocol.task_record(task),
-                                  protocol.TRANSPORT: ConfigRecord({"spec": spec})}
-    if grads:
-        records[protocol.GRADS] = ArrayRecord(grads)
-    return Message(content=protocol.content(**records), reply_to=msg)
+    content = protocol.train_reply(task, ArrayRecord(wire), spec, metrics, ArrayRecord(grads) if grads else None)
+    return Message(content=content, reply_to=msg)
 
 
-def _talos_mask(encoder: torch.nn.Module, local: LocalTask, how: protocol.TrainInstructions,
+def _talos_mask(encoder: torch.nn.Module, local: LocalTask, instructions: protocol.TrainInstructions,
                 cfg: RunConfig) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
     """``finetune = "talos"``: the TaLoS mask at the received base, calibrated on the validation split."""
     if cfg.finetune != "talos":
         return None, {}
     start = time.perf_counter()
     mask = calibrate_mask(encoder, local.head, local.data.validation.x, sparsity=cfg.talos_sparsity,
-                          rounds=cfg.talos_rounds, seed=how.seed, device=local.device)
-    return mask, {"talos-calibration-s": time.perf_counter() - start, "talos-kept-fraction": mask_fraction(mask)}
+                          rounds=cfg.talos_rounds, seed=instructions.seed, device=local.device)
+    return mask, {protocol.TALOS_CALIBRATION_S: time.perf_counter() - start,
+                  protocol.TALOS_KEPT_FRACTION: mask_fraction(mask)}
 
 
-def _gradient_estimate(encoder: torch.nn.Module, local: LocalTask, how: protocol.TrainInstructions,
+def _gradient_estimate(encoder: torch.nn.Module, local: LocalTask, instructions: protocol.TrainInstructions,
                        cache_dir: str, key: str) -> dict[str, torch.Tensor]:
     """TATR's E|grad L_t| at the received base (before fine-tuning), from the cache when there."""
-    grads = cache.load_grads(cache_dir, key, how.tatr_exemplars) if key else None
+    grads = cache.load_grads(cache_dir, key, instructions.tatr_exemplars) if key else None
     if grads is None:
         with local.autocast():
-            grads = mean_abs_gradient(encoder, local.head, local.data.train, how.tatr_exemplars, how.seed, local.device)
+            grads = mean_abs_gradient(encoder, local.head, local.data.train, instructions.tatr_exemplars,
+                                      instructions.seed, local.device)
         if key:
-            cache.store_grads(cache_dir, key, how.tatr_exemplars, grads)
+            cache.store_grads(cache_dir, key, instructions.tatr_exemplars, grads)
     return grads
 
 
@@ -157,8 +154,7 @@ def _gradient_estimate(encoder: torch.nn.Module, local: LocalTask, how: protocol
 def evaluate_model(msg: Message, context: Context) -> Message:
     """Accuracy and loss of the received weights with this task's frozen head on one split."""
     cfg, task, local = _setup(context)
-    split = str(msg.content.config_records[protocol.CONFIG]["split"])
+    split = protocol.requested_split(msg)
     with local.autocast():
         accuracy, loss = evaluate(_encoder(msg, cfg), local.head, local.data.split(split), local.device)
-    metrics = MetricRecord({"accuracy": accuracy, "loss": loss, "num-examples": len(local.data.split(split))})
-    return Message(content=protocol.content(metrics=metrics, task=protocol.task_record(task)), reply_to=msg)
+    return Message(content=protocol.evaluate_reply(task, accuracy, loss, len(local.data.split(split))), reply_to=msg)

@@ -23,14 +23,14 @@ from atmflow.files import atomic_save_tensors, atomic_write_text
 from atmflow.protocol import TrainInstructions
 
 
-def cache_key(base: dict[str, torch.Tensor], how: TrainInstructions, task: str, cfg: RunConfig) -> str:
+def cache_key(base: dict[str, torch.Tensor], instructions: TrainInstructions, task: str, cfg: RunConfig) -> str:
     digest = hashlib.sha256()
     for name in sorted(base):
         digest.update(name.encode())
         digest.update(base[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     settings = cfg.client_settings()
-    instructions = {**dataclasses.asdict(how), "evaluate_finetuned": None, "tatr_exemplars": None}
-    digest.update(json.dumps({"task": task, "instructions": instructions, "settings": settings},
+    fields = {**dataclasses.asdict(instructions), "evaluate_finetuned": None, "tatr_exemplars": None}
+    digest.update(json.dumps({"task": task, "instructions": fields, "settings": settings},
                              sort_keys=True).encode())
     return digest.hexdigest()[:32]
 

@@ -16,7 +16,7 @@ from atmflow.data.splits import Split
 
 def mean_abs_gradient(encoder: nn.Module, head: nn.Module, split: Split, n: int, seed: int,
                       device: torch.device) -> dict[str, torch.Tensor]:
-    encoder.to(device).train()  # BatchNorm statistics stay frozen (see atmflow.models.encoder)
+    encoder.to(device).train()  # BatchNorm statistics stay frozen (see atmflow.models.mobilenet)
     head.to(device).eval()
     named = [(k, p) for k, p in encoder.named_parameters() if p.requires_grad]
     total = {k: torch.zeros_like(p) for k, p in named}

@@ -32,15 +32,15 @@ class TrainStats:
     seconds: float
 
 
-def make_optimizer(params: list[nn.Parameter], how: TrainInstructions) -> torch.optim.Optimizer:
-    if how.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=how.lr, weight_decay=how.weight_decay)
-    if how.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=how.lr, weight_decay=how.weight_decay)
-    raise ValueError(f"unknown optimizer {how.optimizer!r}; allowed: adamw, sgd")
+def make_optimizer(params: list[nn.Parameter], instructions: TrainInstructions) -> torch.optim.Optimizer:
+    if instructions.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=instructions.lr, weight_decay=instructions.weight_decay)
+    if instructions.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=instructions.lr, weight_decay=instructions.weight_decay)
+    raise ValueError(f"unknown optimizer {instructions.optimizer!r}; allowed: adamw, sgd")
 
 
-def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, how: TrainInstructions,
+def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, instructions: TrainInstructions,
               device: torch.device, mask: Mask | None = None) -> TrainStats:
     """Fine-tune ``encoder`` in place; ``head`` stays frozen.
 
@@ -53,16 +53,16 @@ def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, how: TrainInstr
     sparse = SparseUpdate(encoder, mask) if mask is not None else None
     try:
         params = [p for p in encoder.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, how)
-        steps, epoch_loss = _run_epochs(encoder, head, split, how, device, params, optimizer, sparse)
+        optimizer = make_optimizer(params, instructions)
+        steps, epoch_loss = _run_epochs(encoder, head, split, instructions, device, params, optimizer, sparse)
     finally:
         if sparse is not None:
             sparse.close()
     return TrainStats(epoch_loss, steps, len(split), time.perf_counter() - start)
 
 
-def _run_epochs(encoder: nn.Module, head: nn.Module, split: Split, how: TrainInstructions, device: torch.device,
-                params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+def _run_epochs(encoder: nn.Module, head: nn.Module, split: Split, instructions: TrainInstructions,
+                device: torch.device, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                 sparse: SparseUpdate | None) -> tuple[int, float]:
     def step() -> None:
         if sparse is not None:
@@ -73,27 +73,27 @@ def _run_epochs(encoder: nn.Module, head: nn.Module, split: Split, how: TrainIns
 
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     n = len(split)
-    gen = torch.Generator().manual_seed(how.seed)
+    gen = torch.Generator().manual_seed(instructions.seed)
     dtype = params[0].dtype
     steps, epoch_loss = 0, 0.0
-    for _ in range(how.epochs):
+    for _ in range(instructions.epochs):
         epoch_loss = 0.0
-        order = torch.arange(n) if how.full_batch else torch.randperm(n, generator=gen)
-        if how.full_batch:
+        order = torch.arange(n) if instructions.full_batch else torch.randperm(n, generator=gen)
+        if instructions.full_batch:
             optimizer.zero_grad(set_to_none=True)
-        for i in range(0, n, how.batch_size):
-            idx = order[i : i + how.batch_size]
+        for i in range(0, n, instructions.batch_size):
+            idx = order[i : i + instructions.batch_size]
             x, y = batch_to(split.x[idx], device, dtype), split.y[idx].to(device)
             loss = loss_fn(head(encoder(x)), y)
             epoch_loss += loss.item()
-            if how.full_batch:
+            if instructions.full_batch:
                 (loss / n).backward()  # accumulate the gradient of the mean over all n examples
                 continue
             optimizer.zero_grad(set_to_none=True)
             (loss / len(idx)).backward()
             step()
             steps += 1
-        if how.full_batch:
+        if instructions.full_batch:
             step()
             steps += 1
         epoch_loss /= n

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from atmflow.data.sources import DataUnavailableError, RawTask
+from atmflow.data.embedded import DataUnavailableError, RawTask
+from atmflow.paths import is_local_path
 
 GLUE_HUB_ID = "nyu-mll/glue"
 
@@ -123,7 +124,7 @@ def load_glue(task: str, source: str = GLUE_HUB_ID, cache_dir: str = "") -> RawT
     if task not in GLUE_TASKS:
         raise ValueError(f"unknown GLUE task {task!r}; available: {sorted(GLUE_TASKS)}")
     spec = GLUE_TASKS[task]
-    if source.startswith(("/", ".", "~")) or Path(source).expanduser().exists():
+    if is_local_path(source):
         root = Path(source).expanduser()
         if not root.is_dir():
             raise DataUnavailableError(f"GLUE task {task!r}: folder {root} does not exist. Fetch GLUE on a "

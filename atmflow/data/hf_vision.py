@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from atmflow.data.sources import DataUnavailableError, RawTask
+from atmflow.data.embedded import DataUnavailableError, RawTask
+from atmflow.paths import is_local_path
 
 DERIVED_TEST_FRACTION = 0.1
 
@@ -163,10 +164,6 @@ def fetch_command(task: HFImageTask, where: str) -> str:
             f"load_dataset({task.hub!r}{config}).save_to_disk({where!r})\"")
 
 
-def _is_path(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or Path(source).exists()
-
-
 @contextlib.contextmanager
 def hub_offline() -> Iterator[None]:
     """Hugging Face hub access switched off: hub names resolve from the local cache only (fast, and
@@ -186,7 +183,7 @@ def _open(task: HFImageTask, source: str, cache_dir: str) -> Any:
     """The source as a ``DatasetDict``; :class:`DataUnavailableError` if it is not there."""
     import datasets
 
-    if _is_path(source):
+    if is_local_path(source):
         path = Path(source).expanduser()
         if not path.exists():
             raise DataUnavailableError(

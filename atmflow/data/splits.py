@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from atmflow.data.embedded import RawTask
 from atmflow.data.examples import LazyInputs, Preprocess, materialise
-from atmflow.data.sources import RawTask
 from atmflow.data.tasks import VAL_MAX
 
 HELD_OUT_TEST_FRACTION = 0.2

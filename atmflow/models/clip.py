@@ -38,6 +38,7 @@ from torch import nn
 from atmflow.models.family import ModelFamily
 from atmflow.models.heads import FrozenHead
 from atmflow.models.registry import WeightsUnavailableError
+from atmflow.paths import is_local_path
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 RANDOM = "random"
@@ -76,7 +77,7 @@ def resolve_weights(model: str, pretrained: str, cache_dir: str = "") -> tuple[s
     name = model_name(model)
     if pretrained == RANDOM:
         return None, {}
-    if pretrained.startswith(("/", ".", "~")) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+    if is_local_path(pretrained) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise WeightsUnavailableError(f"open_clip checkpoint file {path} not found (run config key pretrained)")

@@ -32,7 +32,7 @@ class FamilyEntry:
 
 FAMILIES: dict[str, FamilyEntry] = {
     "mobilenet-v2": FamilyEntry(
-        "atmflow.models.encoder:MobileNetV2Family", "image", "mobilenet-v2", "imagenet", ("probe", "random"),
+        "atmflow.models.mobilenet:MobileNetV2Family", "image", "mobilenet-v2", "imagenet", ("probe", "random"),
         "ImageNet MobileNetV2 (installed from PyPI), the embedded benchmark"),
     "open_clip": FamilyEntry(
         "atmflow.models.clip:OpenCLIPFamily", "image", "ViT-B-16", "openai", ("zeroshot", "probe", "random"),

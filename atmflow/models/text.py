@@ -39,6 +39,7 @@ from torch import nn
 
 from atmflow.models.family import ModelFamily
 from atmflow.models.registry import WeightsUnavailableError
+from atmflow.paths import is_local_path
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -74,7 +75,7 @@ def text_model(model: str) -> TextModel:
     """The entry of ``model``: a name of :data:`TEXT_MODELS`, or a local model folder (mean pooling)."""
     if model in TEXT_MODELS:
         return TEXT_MODELS[model]
-    if model.startswith(("/", ".", "~")):
+    if is_local_path(model):
         return TextModel(model, "", "mean")
     raise ValueError(f"unknown text model {model!r} (run config key model); available: {', '.join(TEXT_MODELS)}, "
                      "or the path of a folder holding a transformers encoder and its tokenizer (save_pretrained)")

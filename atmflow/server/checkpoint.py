@@ -14,11 +14,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from atmflow.config import keys_with_role
 from atmflow.files import atomic_save_tensors, atomic_write_text
 
 STATE_FILE = "checkpoint.json"
-# Keys that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {"resume", "round-timeout", "node-wait-s"}
 
 
 def save_checkpoint(folder: Path, round_: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -41,8 +40,9 @@ def load_checkpoint(folder: Path, config: dict[str, Any]) -> tuple[dict[str, Any
     state = load_state(folder)
     if state is None:
         return None
+    resumable = keys_with_role("resumable")
     changed = sorted(k for k in set(config) | set(state["config"])
-                     if k not in RESUMABLE_CHANGES and config.get(k) != state["config"].get(k))
+                     if k not in resumable and config.get(k) != state["config"].get(k))
     if changed:
         detail = ", ".join(f"{k}: {state['config'].get(k)!r} -> {config.get(k)!r}" for k in changed)
         raise ValueError(f"cannot resume {folder}: the run config changed ({detail}); "

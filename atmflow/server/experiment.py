@@ -12,13 +12,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable
 from logging import INFO
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, MessageType
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -27,57 +24,32 @@ from atmflow import protocol
 from atmflow.config import RunConfig
 from atmflow.files import atomic_save_tensors
 from atmflow.merging import load_checkpoint as load_weights_file
+from atmflow.merging.task_vectors import StateDict
 from atmflow.models.family import get_family
+from atmflow.rounds.exchange import GridEvaluator, send_to_tasks
+from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy
 from atmflow.server.checkpoint import load_checkpoint, save_checkpoint
-from atmflow.server.exchange import evaluate_on_tasks, send_to_tasks
 from atmflow.server.nodes import discover_and_evaluate, discover_task_nodes
-from atmflow.server.results import RoundRecord, RunResults, Scores, avg_accuracy
-from atmflow.strategies import ATM, MergeStep, OneShot, TaskVectorStrategy
-from atmflow.strategies.merge_step import operator_params
-
-StateDict = dict[str, torch.Tensor]
-
-
-def train_instructions(cfg: RunConfig, *, epochs: int, split: str = "train", evaluate_finetuned: bool = False,
-                       tatr_exemplars: int = 0) -> protocol.TrainInstructions:
-    return protocol.TrainInstructions(
-        epochs=epochs, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        batch_size=cfg.batch_size, full_batch=cfg.full_batch, seed=cfg.seed,
-        evaluate_finetuned=evaluate_finetuned, split=split, tatr_exemplars=tatr_exemplars,
-    )
-
-
-def build_strategy(cfg: RunConfig, node_tasks: dict[int, str], expected: StateDict, *, method: str | None = None,
-                   oneshot: bool | None = None, first_round: int = 1,
-                   on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None) -> TaskVectorStrategy:
-    """The run's strategy (or, for PH-ATM's start, a one-shot TA: ``method="ta", oneshot=True``)."""
-    method = method or cfg.merge_method
-    oneshot = cfg.strategy == "oneshot" if oneshot is None else oneshot
-    params = operator_params(cfg) if method == cfg.merge_method else {}
-    step = MergeStep(method, params, cfg.aggregation)
-    exemplars = cfg.tatr_exemplars if step.needs_gradients else 0
-    common = dict(expected=expected, round_timeout=cfg.round_timeout, policy=cfg.on_missing_task,
-                  first_round=first_round, on_round_end=on_round_end)
-    if oneshot:
-        how = train_instructions(cfg, epochs=cfg.budget_epochs, evaluate_finetuned=cfg.individual,
-                                 tatr_exemplars=exemplars)
-        return OneShot(node_tasks, how, step, lambda_grid=cfg.lambda_grid, **common)
-    how = train_instructions(cfg, epochs=cfg.epochs_per_round, split="validation" if cfg.ph_atm else "train",
-                             tatr_exemplars=exemplars)
-    return ATM(node_tasks, how, step, **common)
+from atmflow.server.results import RunResults
+from atmflow.strategies import RunPlan, build_strategy
+from atmflow.strategies.plan import individual_instructions
 
 
 def finetuned_scores(train_metrics: dict[str, dict[str, float]]) -> Scores:
-    return {t: {"accuracy": m["finetuned-accuracy"], "loss": m["finetuned-loss"]}
+    return {t: {"accuracy": m[protocol.FINETUNED_ACCURACY], "loss": m[protocol.FINETUNED_LOSS]}
             for t, m in sorted(train_metrics.items())}
+
+
+def has_finetuned_scores(train_metrics: dict[str, dict[str, float]]) -> bool:
+    """Whether train replies carry the fine-tuned models' test scores (a one-shot round from the pretrained model)."""
+    return protocol.FINETUNED_ACCURACY in next(iter(train_metrics.values()), {})
 
 
 def individual_scores(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pretrained: ArrayRecord) -> Scores:
     """Each task fine-tunes the pretrained encoder for the whole budget and tests its own model."""
-    how = dataclasses.replace(train_instructions(cfg, epochs=cfg.budget_epochs, evaluate_finetuned=True),
-                              seed=cfg.seed * 100_003 + 1)  # the data order of a one-shot round 1
+    instructions = individual_instructions(cfg)
     replies = send_to_tasks(grid, node_tasks, MessageType.TRAIN,
-                            lambda _: protocol.content(arrays=pretrained, config=how.to_record()),
+                            lambda _: protocol.train_request(pretrained, instructions),
                             cfg.round_timeout, "individual fine-tuning").enforce(cfg.on_missing_task)
     return finetuned_scores({t: dict(r.content.metric_records[protocol.METRICS]) for t, r in replies.valid.items()})
 
@@ -96,13 +68,13 @@ def load_start_checkpoint(path: str, pretrained: StateDict, expected: StateDict)
 def ph_atm_start(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pretrained: StateDict,
                  expected: StateDict) -> tuple[StateDict, RoundRecord]:
     """PH-ATM's starting model: the merged checkpoint file, or one-shot TA built here (paper 001, Sec. 3)."""
+    evaluator = GridEvaluator(grid, node_tasks, cfg.round_timeout, cfg.on_missing_task)
     if cfg.init_checkpoint:
         start = load_start_checkpoint(cfg.init_checkpoint, pretrained, expected)
-        scores = evaluate_on_tasks(grid, node_tasks, ArrayRecord(start), "test", cfg.round_timeout,
-                                   "start model evaluation", cfg.on_missing_task)
+        scores = evaluator(start, "test", "start model evaluation")
         return start, RoundRecord(0, scores, avg_accuracy(scores), 0.0, 0, {}, {},
                                   extra={"merge": "checkpoint", "path": cfg.init_checkpoint})
-    ta = build_strategy(cfg, node_tasks, expected, method="ta", oneshot=True, first_round=0)
+    ta = build_strategy(RunPlan.ta_start(cfg), node_tasks, expected, evaluator=evaluator, first_round=0)
     result = ta.start(grid, initial_arrays=ArrayRecord(pretrained), num_rounds=1, timeout=cfg.round_timeout)
     return result.arrays.to_torch_state_dict(), ta.history[0]
 
@@ -132,7 +104,7 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
         start = pretrained
         if cfg.ph_atm:
             start, results.init = ph_atm_start(grid, cfg, node_tasks, pretrained, expected)
-            if "finetuned-accuracy" in next(iter(results.init.train.values()), {}):
+            if has_finetuned_scores(results.init.train):
                 results.individual = finetuned_scores(results.init.train)
 
     def on_round_end(record: RoundRecord, merged: ArrayRecord) -> None:
@@ -144,14 +116,16 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
     done = len(results.rounds)
     final = start
     if done < cfg.num_rounds:
-        strategy = build_strategy(cfg, node_tasks, expected, first_round=done + 1, on_round_end=on_round_end)
+        evaluator = GridEvaluator(grid, node_tasks, cfg.round_timeout, cfg.on_missing_task)
+        strategy = build_strategy(RunPlan.from_config(cfg), node_tasks, expected, evaluator=evaluator,
+                                  first_round=done + 1, on_round_end=on_round_end)
         result = strategy.start(grid, initial_arrays=ArrayRecord(start), num_rounds=cfg.num_rounds - done,
                                 timeout=cfg.round_timeout)
         final = result.arrays.to_torch_state_dict()
 
     if cfg.individual and results.individual is None:
         first = results.rounds[0].train
-        results.individual = (finetuned_scores(first) if "finetuned-accuracy" in next(iter(first.values()))
+        results.individual = (finetuned_scores(first) if has_finetuned_scores(first)
                               else individual_scores(grid, cfg, node_tasks, ArrayRecord(pretrained)))
         log(INFO, "individual fine-tuning: average test accuracy %.3f", avg_accuracy(results.individual))
 

@@ -21,7 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from atmflow import protocol
-from atmflow.server.exchange import evaluate_on_tasks, evaluation_content, reply_node, task_messages, task_scores
+from atmflow.rounds.exchange import evaluate_on_tasks, reply_node, task_messages, task_scores
 
 
 def wait_for_nodes(grid: Grid, count: int, wait_s: float) -> list[int]:
@@ -108,12 +108,12 @@ def discover_and_evaluate(grid: Grid, tasks: tuple[str, ...], wait_s: float, tim
 
     In a deployment each exchange costs seconds (a new ClientApp process per message), so a fresh
     run's handshake carries the pretrained weights. The scores are those of
-    :func:`~atmflow.server.exchange.evaluate_on_tasks` (same client code). If a node fails and its
+    :func:`~atmflow.rounds.exchange.evaluate_on_tasks` (same client code). If a node fails and its
     task is left without an answer, this falls back to the two separate exchanges, so that the
     failure is named by task and handled by the ``on-missing-task`` policy exactly as without the
     shortcut.
     """
-    sent, replies = _ask_nodes(grid, tasks, wait_s, timeout, evaluation_content(arrays, split))
+    sent, replies = _ask_nodes(grid, tasks, wait_s, timeout, protocol.evaluate_request(arrays, split))
     claimed, failed = node_claims(replies, sent)
     if failed and any(t not in claimed for t in tasks):
         log(WARNING, "handshake with %s: node(s) failed (%s); asking their tasks separately", phase, failed)

@@ -1,47 +1,16 @@
 """What a run measured, and how it is written: ``results.json``, ``report.md`` and PNG plots.
 
-Normalized accuracy (paper 004, Eq. 11; Ilharco et al.): per task, merged accuracy divided by the
-task's individually fine-tuned accuracy, averaged over tasks.
+The per-round records and the accuracy summaries are in :mod:`atmflow.rounds.records`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-Scores = dict[str, dict[str, float]]  # task -> {"accuracy": .., "loss": ..}
-
-
-def avg_accuracy(scores: Scores) -> float:
-    return sum(s["accuracy"] for s in scores.values()) / len(scores)
-
-
-def normalized_accuracy(scores: Scores, individual: Scores) -> float:
-    """Mean over tasks (those scored in both) of merged accuracy / individual accuracy."""
-    common = [t for t in scores if t in individual]
-    return sum(scores[t]["accuracy"] / individual[t]["accuracy"] for t in common) / len(common)
-
-
-@dataclass
-class RoundRecord:
-    """One server round: the merged model's per-task test scores and what the round cost.
-
-    ``geometry`` holds the task vectors' norms, pairwise cosine matrix and mean |cosine|;
-    ``missing`` the tasks left out of this round's merge and why (``on-missing-task = "skip"``).
-    """
-
-    round: int
-    tasks: Scores
-    avg_accuracy: float
-    wall_s: float
-    bytes_up: int
-    bytes_up_per_task: dict[str, int]
-    train: dict[str, dict[str, float]]
-    geometry: dict[str, Any] = field(default_factory=dict)
-    missing: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy, normalized_accuracy
 
 
 @dataclass

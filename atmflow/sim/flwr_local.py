@@ -21,68 +21,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from atmflow.cli import app_defaults, parse_overrides
-from atmflow.config import load_config
-
-FLWR_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
-LOCAL_RAY = "local"  # RAY_ADDRESS value for which ray.init() starts a new local instance
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def flwr_env(flwr_home: Path, ray_address: str = LOCAL_RAY) -> dict[str, str]:
-    """Environment for flwr commands: offline settings, our FLWR_HOME, this venv's bin first on PATH
-    (the SuperLink starts ``flower-superexec`` from PATH), and ``RAY_ADDRESS``: ``local`` (a private Ray
-    instance) or the ``host:port`` of the cluster that the simulation's ``ray.init()`` attaches to."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, **FLWR_ENV, "FLWR_HOME": str(flwr_home), "PATH": path, "RAY_ADDRESS": ray_address}
-
-
-def ancestors() -> set[int]:
-    """This process and its parents (never stopped: they may carry the same FLWR_HOME, e.g. ``make``)."""
-    pids, pid = set(), os.getpid()
-    while pid > 1:
-        pids.add(pid)
-        try:
-            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
-    return pids
-
-
-def processes_with_env(key: str, value: str) -> list[int]:
-    """PIDs of processes whose environment has ``key=value`` (Linux ``/proc``), except this process
-    and its ancestors."""
-    marker = f"{key}={value}".encode()
-    skip = ancestors()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in skip:
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:  # gone meanwhile, or not ours
-            continue
-    return found
+from atmflow.app_config import resolve_config
+from atmflow.processes import (
+    LOCAL_RAY,
+    flwr_bin,
+    flwr_env,
+    free_port,
+    stop_process,
+    stop_processes_with_env,
+    wait_for_port,
+)
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
@@ -103,52 +58,9 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
                            f"`ray start --address={address}`), or pass the address it printed") from err
 
 
-def flwr_bin(name: str) -> str:
-    """A console script of this interpreter's environment (the venv's flwr, not another one)."""
-    candidate = Path(sys.executable).with_name(name)
-    return str(candidate) if candidate.exists() else name
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0,
-                  name: str = "flower-superlink") -> None:
-    """Wait until ``proc`` (called ``name`` in errors) listens on 127.0.0.1:``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {proc.returncode}; see {log}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f} s; see {log}")
 
-
-def signal_all(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
-    """Stop one process we started: SIGTERM, then SIGKILL after ``grace_s``; reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def stop_processes_with_env(key: str, value: str, grace_s: float = 15.0) -> None:
-    """Stop every process whose environment has ``key=value`` (SIGTERM, then SIGKILL)."""
-    deadline = time.monotonic() + grace_s
-    signal_all(processes_with_env(key, value), signal.SIGTERM)
-    while (left := processes_with_env(key, value)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    signal_all(left, signal.SIGKILL)
 
 
 def stop_run_processes(superlink: subprocess.Popen[bytes], flwr_home: Path, grace_s: float = 15.0) -> None:
@@ -201,7 +113,7 @@ def run_simulation(app_dir: Path, flwr_home: Path, run_config: str = "", num_cpu
 
     ``ray_address``: ``local`` (a private Ray instance for this run) or ``host:port`` of an existing
     Ray cluster's head, checked to answer before anything starts."""
-    cfg = load_config({**app_defaults(app_dir), **parse_overrides(run_config)})
+    cfg = resolve_config(app_dir, run_config)
     if cfg.device == "cuda" and num_gpus_per_client == 0:
         raise ValueError("device='cuda' needs --num-gpus-per-client > 0: Ray hides the GPUs from a client "
                          "that reserves none (CUDA_VISIBLE_DEVICES is emptied)")

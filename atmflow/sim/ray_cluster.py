@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from atmflow.sim.flwr_local import FLWR_ENV, ancestors, flwr_bin, free_port, processes_with_env, signal_all
+from atmflow.processes import FLWR_ENV, ancestors, flwr_bin, free_port, processes_with_env, signal_all
 
 MARKER = "ATMFLOW_RAY_CLUSTER"
 Process = tuple[int, int]  # (pid, start time in clock ticks since boot): a PID that cannot be reused unseen

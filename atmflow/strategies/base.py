@@ -23,18 +23,18 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from atmflow import protocol
-from atmflow.analysis import task_vector_geometry
-from atmflow.server.exchange import (
+from atmflow.merging.task_vectors import StateDict
+from atmflow.rounds.exchange import (
     array_bytes,
     check_arrays,
     collect_replies,
-    evaluation_content,
     received_task_vector,
     task_messages,
     task_scores,
 )
-from atmflow.server.results import RoundRecord, avg_accuracy
-from atmflow.strategies.merge_step import MergeStep, StateDict
+from atmflow.rounds.geometry import task_vector_geometry
+from atmflow.rounds.records import RoundRecord, avg_accuracy
+from atmflow.strategies.plan import RunPlan
 from atmflow.transport import TransportError
 
 
@@ -51,24 +51,21 @@ class RoundInputs:
 class TaskVectorStrategy(Strategy):
     """Base class: subclasses implement :meth:`merge`.
 
+    ``plan`` says what each round sends and how it merges (:class:`~atmflow.strategies.plan.RunPlan`).
     ``expected`` maps each fine-tuned tensor's name to a tensor of the right shape and dtype (the
     template a task vector must match). ``first_round`` numbers the rounds when resuming.
     """
 
-    def __init__(self, node_tasks: Mapping[int, str], instructions: protocol.TrainInstructions,
-                 merge_step: MergeStep, expected: Mapping[str, torch.Tensor], *, round_timeout: float,
-                 policy: str = "fail", first_round: int = 1,
-                 on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None) -> None:
+    def __init__(self, node_tasks: Mapping[int, str], plan: RunPlan, expected: Mapping[str, torch.Tensor], *,
+                 first_round: int = 1, on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None) -> None:
         self.node_tasks = dict(node_tasks)
-        self.instructions = instructions
-        self.merge_step = merge_step
+        self.plan = plan
+        self.merge_step = plan.merge_step
         self.expected = dict(expected)
-        self.round_timeout = round_timeout
-        self.policy = policy
+        self.policy = plan.policy
         self.first_round = first_round
         self.on_round_end = on_round_end
         self.history: list[RoundRecord] = []
-        self._grid: Grid | None = None
         self._base: StateDict = {}
         self._started = 0.0
         self._pending: RoundRecord | None = None
@@ -85,12 +82,11 @@ class TaskVectorStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._grid, self._started = grid, time.perf_counter()
+        self._started = time.perf_counter()
         self._base = arrays.to_torch_state_dict()
-        seed = self.instructions.seed * 100_003 + self.absolute_round(server_round)
-        how = dataclasses.replace(self.instructions, seed=seed)
+        instructions = self.plan.round(self.absolute_round(server_round))
         self._sent = task_messages(self.node_tasks, MessageType.TRAIN,
-                                   lambda _: protocol.content(arrays=arrays, config=how.to_record()))
+                                   lambda _: protocol.train_request(arrays, instructions))
         return self._sent
 
     def aggregate_train(self, server_round: int,
@@ -109,7 +105,7 @@ class TaskVectorStrategy(Strategy):
                 continue
             grads = records[protocol.GRADS].to_torch_state_dict() if protocol.GRADS in records else {}
             problem = check_arrays(vector, self.expected)
-            if problem is None and self.instructions.tatr_exemplars:
+            if problem is None and self.plan.instructions.tatr_exemplars:
                 problem = check_arrays(grads, self.expected) if grads else "no gradient estimate in the reply"
             if problem is not None:
                 collected.problems[task] = f"invalid reply: {problem}"
@@ -118,7 +114,7 @@ class TaskVectorStrategy(Strategy):
             if grads:
                 inputs.grads[task] = grads
             train[task] = dict(reply.content.metric_records[protocol.METRICS])
-            inputs.num_examples[task] = train[task]["num-examples"]
+            inputs.num_examples[task] = train[task][protocol.NUM_EXAMPLES]
             sizes[task] = sum(array_bytes(r) for r in records.values())
         collected.valid = {t: r for t, r in collected.valid.items() if t in inputs.vectors}
         collected.enforce(self.policy)
@@ -129,8 +125,8 @@ class TaskVectorStrategy(Strategy):
             missing=dict(collected.problems), extra={"merge": self.merge_step.method, **self._extra},
         )
         self._extra = {}
-        mean_loss = sum(m["train-loss"] for m in train.values()) / len(train)
-        return ArrayRecord(merged), MetricRecord({"train-loss": mean_loss})
+        mean_loss = sum(m[protocol.TRAIN_LOSS] for m in train.values()) / len(train)
+        return ArrayRecord(merged), MetricRecord({protocol.TRAIN_LOSS: mean_loss})
 
     def note(self, key: str, value: object) -> None:
         """Attach an extra result (e.g. a lambda-selection curve) to the current round's record."""
@@ -140,7 +136,7 @@ class TaskVectorStrategy(Strategy):
                            grid: Grid) -> Iterable[Message]:
         self._merged = arrays
         self._sent = task_messages(self.node_tasks, MessageType.EVALUATE,
-                                   lambda _: evaluation_content(arrays, "test"))
+                                   lambda _: protocol.evaluate_request(arrays, "test"))
         return self._sent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -162,4 +158,4 @@ class TaskVectorStrategy(Strategy):
     def summary(self) -> None:
         log(INFO, "%s over tasks %s: merge %s %s, %d epoch(s) per round on the %s split", type(self).__name__,
             sorted(self.node_tasks.values()), self.merge_step.method, self.merge_step.params,
-            self.instructions.epochs, self.instructions.split)
+            self.plan.instructions.epochs, self.plan.instructions.split)

@@ -10,35 +10,38 @@ curve is kept in the round's results (``extra.lambda_curve``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord
 from flwr.common.logger import log
 
-from atmflow.server.exchange import evaluate_on_tasks
-from atmflow.server.results import avg_accuracy
+from atmflow.rounds.exchange import Evaluator
+from atmflow.rounds.records import avg_accuracy
 from atmflow.strategies.base import RoundInputs, StateDict, TaskVectorStrategy
 
 
 class OneShot(TaskVectorStrategy):
-    def __init__(self, *args: Any, lambda_grid: Sequence[float] = (), **kwargs: Any) -> None:
+    """``evaluator`` scores a candidate merge on the task nodes' validation splits (needed when the plan
+    has a lambda grid)."""
+
+    def __init__(self, *args: Any, evaluator: Evaluator | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.lambda_grid = tuple(lambda_grid)
+        self.lambda_grid = self.plan.lambda_grid
+        if self.lambda_grid and evaluator is None:
+            raise ValueError("choosing lambda on validation (a lambda grid) needs an evaluator")
+        self.evaluator = evaluator
 
     def merge(self, base: StateDict, inputs: RoundInputs) -> StateDict:
         if not self.lambda_grid:
             return self.merge_step.apply(base, inputs.vectors, inputs.num_examples, inputs.grads or None,
                                          round_=inputs.round)
-        assert self._grid is not None
+        assert self.evaluator is not None
         curve: dict[float, float] = {}
         best, best_model = 0.0, None
         for lam in sorted(self.lambda_grid):
             model = self.merge_step.apply(base, inputs.vectors, inputs.num_examples, inputs.grads or None,
                                           scale=lam, round_=inputs.round)
-            scores = evaluate_on_tasks(self._grid, self.node_tasks, ArrayRecord(model), "validation",
-                                       self.round_timeout, f"lambda={lam:g} on validation", self.policy)
+            scores = self.evaluator(model, "validation", f"lambda={lam:g} on validation")
             curve[lam] = avg_accuracy(scores)
             if best_model is None or curve[lam] > curve[best]:
                 best, best_model = lam, model

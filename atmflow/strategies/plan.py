@@ -1,0 +1,83 @@
+"""The run plan: what each round sends, which merge it applies and which seeds it uses, built once from
+the run config and used by every place that runs rounds (the experiment, the conflict probe, the
+task-vector analyses), so that they send the same instructions and share the clients' cache.
+
+Seeds: round ``k`` (1-based; a one-shot run is round 1) of a run with seed ``s`` trains with data
+order seed ``round_seed(s, k) = s * 100003 + k``, whatever the strategy, so that round K of a longer
+ATM run is exactly a K-round run. Each client derives its own per-task seed from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from atmflow.config import RunConfig
+from atmflow.merging.registry import rule_params
+from atmflow.protocol import TrainInstructions
+from atmflow.strategies.merge_step import MergeStep
+
+
+def round_seed(seed: int, round_: int) -> int:
+    """The data-order seed of round ``round_`` of a run with seed ``seed``."""
+    return seed * 100_003 + round_
+
+
+def train_instructions(cfg: RunConfig, *, epochs: int, split: str = "train", evaluate_finetuned: bool = False,
+                       tatr_exemplars: int = 0) -> TrainInstructions:
+    """The config's fine-tuning settings as instructions (seed: the run's; :meth:`RunPlan.round` sets a round's)."""
+    return TrainInstructions(
+        epochs=epochs, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size, full_batch=cfg.full_batch, seed=cfg.seed,
+        evaluate_finetuned=evaluate_finetuned, split=split, tatr_exemplars=tatr_exemplars,
+    )
+
+
+def individual_instructions(cfg: RunConfig, *, evaluate: bool = True) -> TrainInstructions:
+    """Each task's own model: the pretrained encoder fine-tuned for ``budget-epochs`` with the data order of a
+    one-shot round 1 (so that a one-shot run's fine-tuning, cached, serves as the individual models)."""
+    return dataclasses.replace(train_instructions(cfg, epochs=cfg.budget_epochs, evaluate_finetuned=evaluate),
+                               seed=round_seed(cfg.seed, 1))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a strategy does each round.
+
+    ``oneshot``: one round of ``budget-epochs``, lambda chosen on validation from ``lambda_grid``;
+    otherwise ATM: ``num_rounds`` rounds of ``epochs-per-round`` epochs (PH-ATM on the validation split).
+    """
+
+    oneshot: bool
+    num_rounds: int
+    instructions: TrainInstructions
+    merge_step: MergeStep
+    lambda_grid: tuple[float, ...]
+    round_timeout: float
+    policy: str
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, *, method: str | None = None, oneshot: bool | None = None) -> RunPlan:
+        """The run's plan; ``method="ta", oneshot=True`` gives PH-ATM's starting TA merge (:meth:`ta_start`)."""
+        method = method or cfg.merge_method
+        oneshot = cfg.strategy == "oneshot" if oneshot is None else oneshot
+        # another method than the run's (PH-ATM's TA start) takes the config's values of its own keys only
+        params = cfg.operator_params() if method == cfg.merge_method else rule_params(method, cfg.merge_params)
+        step = MergeStep(method, params, cfg.aggregation)
+        exemplars = cfg.tatr_exemplars if step.needs_gradients else 0
+        if oneshot:
+            instructions = train_instructions(cfg, epochs=cfg.budget_epochs, evaluate_finetuned=cfg.individual,
+                                              tatr_exemplars=exemplars)
+            return cls(True, 1, instructions, step, cfg.lambda_grid, cfg.round_timeout, cfg.on_missing_task)
+        instructions = train_instructions(cfg, epochs=cfg.epochs_per_round, tatr_exemplars=exemplars,
+                                          split="validation" if cfg.ph_atm else "train")
+        return cls(False, cfg.rounds, instructions, step, (), cfg.round_timeout, cfg.on_missing_task)
+
+    @classmethod
+    def ta_start(cls, cfg: RunConfig) -> RunPlan:
+        """PH-ATM's starting model: one-shot Task Arithmetic with lambda chosen on validation (paper 001, Sec. 3)."""
+        return cls.from_config(cfg, method="ta", oneshot=True)
+
+    def round(self, round_: int) -> TrainInstructions:
+        """The instructions of round ``round_`` (absolute: a resumed run continues the numbering)."""
+        return dataclasses.replace(self.instructions, seed=round_seed(self.instructions.seed, round_))

@@ -1,0 +1,262 @@
+"""The shared study runner: a grid of runs, each cached in a config-hash folder, then a long table.
+
+A study declares its runs (:class:`RunSpec`: a row label, a setting label, a seed and the run-config
+overrides). Each run lives in ``<runs-dir>/<hash>/`` where the hash is a SHA-256 of the run's
+resolved config (without the keys that do not change what it computes: output folder, run name,
+cache folder, threads, timeouts); the folder holds ``run.json`` (the study's spec and the resolved
+config) and ``results.json``. A run whose ``results.json`` exists is never run again; an
+interrupted ATM run resumes from its last checkpoint (``resume = true``). Fine-tuning is shared
+through the clients' cache (``cache-dir``): one-shot methods at one budget fine-tune once.
+
+Every measured number goes into ``results.csv`` as one row: study, setting, method, seed, task,
+metric, value and the run folder it came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from atmflow.config import keys_with_role, load_config
+
+PRETRAINED, INDIVIDUAL = "pretrained", "individual"
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A row of the study read from a run: ``round`` is a round number, or ``pretrained`` / ``individual``
+    (the run's round-0 scores / the individually fine-tuned upper bound)."""
+
+    method: str
+    setting: str
+    round: int | str
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a study: ``kind`` is ``experiment`` (a full atmflow run) or a study's own probe."""
+
+    seed: int
+    overrides: Mapping[str, Any]
+    picks: tuple[Pick, ...]
+    kind: str = "experiment"
+
+    def config(self) -> dict[str, Any]:
+        return load_config({**self.overrides, "seed": self.seed}).to_run_config()
+
+    def key(self) -> str:
+        outcome = keys_with_role("outcome")
+        hashed = {k: v for k, v in self.config().items() if k in outcome}
+        text = json.dumps({"kind": self.kind, "config": hashed}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def cost(self) -> int:
+        """Fine-tuning epochs per task if nothing were cached (the progress bar's unit)."""
+        cfg = load_config({**self.overrides, "seed": self.seed})
+        return cfg.budget_epochs if cfg.strategy == "oneshot" else cfg.rounds * cfg.epochs_per_round
+
+
+@dataclass
+class Row:
+    study: str
+    setting: str
+    method: str
+    seed: int
+    task: str
+    metric: str
+    value: float
+    run: str
+
+
+@dataclass
+class Settings:
+    """Where a study writes (``out``), where its runs are cached (``runs``) and the clients' cache."""
+
+    out: Path
+    runs: Path
+    cache: Path
+    workers: int = 1
+    keep_weights: bool = False
+    probes: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = field(default_factory=dict)
+
+
+def _claim(folder: Path) -> bool:
+    """Take the run folder's ``lock`` (this process's id); False while another live process holds it."""
+    lock = folder / "lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):  # its holder died: take it over
+            lock.unlink(missing_ok=True)
+            return _claim(folder)
+        except PermissionError:
+            return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def execute(spec: RunSpec, settings: Settings, poll_s: float = 10.0) -> Path:
+    """Run ``spec`` unless its folder already has ``results.json``; return the folder.
+
+    Studies that share a root may run at the same time: a run being computed by another process
+    (its folder's ``lock`` names a live process) is waited for, not computed twice.
+    """
+    key = spec.key()
+    folder = settings.runs / key
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "results.json"
+    while not done.is_file():
+        if _claim(folder):
+            try:
+                if not done.is_file():  # another process may have finished just before we took the lock
+                    _compute(spec, settings, folder)
+                if not done.is_file():
+                    raise RuntimeError(f"run {folder} finished without writing results.json")
+            finally:
+                (folder / "lock").unlink(missing_ok=True)
+        else:
+            time.sleep(poll_s)
+    return folder
+
+
+def _compute(spec: RunSpec, settings: Settings, folder: Path) -> None:
+    key = folder.name
+    overrides = {**spec.overrides, "seed": spec.seed, "output-dir": str(settings.runs), "run-name": key,
+                 "cache-dir": str(settings.cache), "resume": True}
+    (folder / "run.json").write_text(json.dumps({"kind": spec.kind, "picks": [p.__dict__ for p in spec.picks],
+                                                 "config": load_config(overrides).to_run_config()}, indent=2))
+    if spec.kind == "experiment":
+        from atmflow.sim.local import run_inprocess
+
+        run_inprocess(overrides)
+    else:
+        probe = settings.probes.get(spec.kind)
+        if probe is None:
+            raise ValueError(f"run kind {spec.kind!r} has no probe; known: experiment, {sorted(settings.probes)}")
+        result = probe(overrides, folder)
+        (folder / "results.json").write_text(json.dumps(result, indent=2))
+    if not settings.keep_weights:
+        for weights in folder.glob("*.safetensors"):
+            weights.unlink()
+
+
+def _chain(specs: Sequence[RunSpec], settings: Settings) -> list[Path]:
+    return [execute(s, settings) for s in specs]
+
+
+def run_all(specs: Sequence[RunSpec], settings: Settings, label: str) -> tuple[dict[str, Path], int]:
+    """Run what is missing, with a progress bar (ETA in fine-tuning epochs per task).
+
+    Runs of one seed run one after the other, in the study's order (so that a run that fills the
+    clients' cache comes before those that reuse it); seeds run in parallel on ``workers`` processes.
+    Returns ``{run key: folder}`` and how many runs were computed.
+    """
+    unique = list({s.key(): s for s in specs}.values())
+    todo = [s for s in unique if not (settings.runs / s.key() / "results.json").is_file()]
+    chains: dict[int, list[RunSpec]] = defaultdict(list)
+    for spec in todo:
+        chains[spec.seed].append(spec)
+    bar = tqdm(total=sum(s.cost() for s in todo), desc=f"{label}: {len(todo)} of {len(unique)} runs to compute",
+               unit="epoch", dynamic_ncols=True)
+    if settings.workers <= 1 or len(chains) <= 1:
+        for spec in todo:
+            bar.set_postfix_str(f"seed {spec.seed} {spec.picks[0].method} {spec.picks[0].setting}")
+            execute(spec, settings)
+            bar.update(spec.cost())
+    else:
+        with ProcessPoolExecutor(max_workers=settings.workers) as pool:
+            pending: dict[Future[Path], tuple[RunSpec, list[RunSpec]]] = {}
+
+            def submit(chain: list[RunSpec]) -> None:
+                spec = chain.pop(0)
+                pending[pool.submit(execute, spec, settings)] = (spec, chain)
+
+            for chain in chains.values():
+                submit(list(chain))
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    spec, rest = pending.pop(future)
+                    future.result()
+                    bar.update(spec.cost())
+                    if rest:
+                        submit(rest)
+    bar.close()
+    return {s.key(): settings.runs / s.key() for s in unique}, len(todo)
+
+
+def load_results(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "results.json").read_text())
+
+
+def _scores_of(results: dict[str, Any], pick: Pick) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
+    if pick.round == PRETRAINED:
+        return results["pretrained"]["tasks"], None
+    if pick.round == INDIVIDUAL:
+        if results["individual"] is None:
+            raise ValueError(f"row {pick.method}: the run has no individual scores (individual = false)")
+        return results["individual"]["tasks"], None
+    rounds = {r["round"]: r for r in results["rounds"]}
+    if pick.round not in rounds:
+        raise ValueError(f"row {pick.method} ({pick.setting}) reads round {pick.round}, "
+                         f"but the run has rounds {sorted(rounds)}")
+    record = rounds[pick.round]
+    return record["tasks"], record
+
+
+def experiment_rows(study: str, spec: RunSpec, folder: Path, results: dict[str, Any]) -> list[Row]:
+    """Per task: accuracy and loss; per row: the average accuracy, the normalized accuracy, the bytes
+    uploaded up to that round, the mean |cosine| between that round's task vectors and lambda."""
+    rows: list[Row] = []
+    individual = (results.get("individual") or {}).get("tasks")
+    for pick in spec.picks:
+        scores, record = _scores_of(results, pick)
+
+        def add(task: str, metric: str, value: float, pick: Pick = pick) -> None:
+            rows.append(Row(study, pick.setting, pick.method, spec.seed, task, metric, float(value), folder.name))
+
+        for task, s in sorted(scores.items()):
+            add(task, "accuracy", s["accuracy"])
+            add(task, "loss", s["loss"])
+        add("avg", "accuracy", statistics.fmean(s["accuracy"] for s in scores.values()))
+        if individual:
+            add("avg", "normalized", statistics.fmean(scores[t]["accuracy"] / individual[t]["accuracy"]
+                                                      for t in scores))
+        if record is not None:
+            upto = [r for r in results["rounds"] if r["round"] <= record["round"]]
+            add("avg", "mb-up-per-task", sum(r["bytes_up"] for r in upto) / len(scores) / 1e6)
+            add("avg", "mean-abs-cosine", record["geometry"]["mean_abs_cosine"])
+            if "lambda" in record["extra"]:
+                add("avg", "lambda", record["extra"]["lambda"])
+    return rows
+
+
+def write_csv(rows: Iterable[Row], path: Path) -> None:
+    rows = list(rows)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["study", "setting", "method", "seed", "task", "metric", "value", "run"])
+        for r in rows:
+            writer.writerow([r.study, r.setting, r.method, r.seed, r.task, r.metric, f"{r.value:.6g}", r.run])
+
+
+def read_csv(path: Path) -> list[Row]:
+    with path.open() as f:
+        return [Row(d["study"], d["setting"], d["method"], int(d["seed"]), d["task"], d["metric"],
+                    float(d["value"]), d["run"]) for d in csv.DictReader(f)]
