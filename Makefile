@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make run    install what is missing, then run the embedded default (PA-ATM) as a Flower simulation
 #   make test   install what is missing, then lint and run the test suite
+# (make test-fast: lint, then the suite without the tests that start real processes, marker `process`)
 # Installing is idempotent: a second `make run` installs nothing (stamp files below).
 
 PYTHON ?= python3
@@ -20,7 +21,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup run test test-slow benchmark study lint clean
+.PHONY: setup run test test-fast test-slow benchmark study lint clean
 
 setup: $(STAMP) $(FASHION_MNIST) $(FORTUNES)
 
@@ -54,8 +55,14 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check atmflow tests
 
+# CI's suite: everything but `slow` and `gpu` (pyproject's addopts), real Flower / Ray processes included.
 test: lint
 	$(PY) -m pytest -q
+
+# The quick loop while editing: the suite without the `process` tests (flwr simulation, loopback
+# deployment, Ray cluster); a few minutes on two cores.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow and not gpu and not process"
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

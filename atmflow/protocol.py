@@ -14,13 +14,21 @@ train      ``arrays``: base weights; ``config``: epochs,   ``arrays``: task vect
                                                            tatr-exemplars > 0): E|grad L| at the
                                                            received base (paper 003, Eq. 6)
 evaluate   ``arrays``: weights; ``config``: split          ``metrics``: accuracy, loss, num-examples
+                                                           [, the task's official metric: matthews or f1]
 =========  =============================================  =============================================
 
 Every reply carries the sender's task name under ``task`` so the server never has to guess.
+
+Official metrics. A node whose task has an official metric other than accuracy (GLUE CoLA: Matthews
+correlation; MRPC, QQP: F1 of the positive class; :data:`atmflow.data.glue.GLUE_TASKS`) sends it
+besides accuracy and loss, computed on the same predictions, under its name in
+:data:`OFFICIAL_METRICS`; with ``evaluate-finetuned`` its train reply carries it as ``finetuned-<name>``.
+Other tasks send accuracy and loss only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -40,8 +48,12 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 STEPS = "steps"
 WALL_S = "wall-s"
-FINETUNED_ACCURACY = "finetuned-accuracy"  # the fine-tuned model's test scores (evaluate-finetuned)
-FINETUNED_LOSS = "finetuned-loss"
+MATTHEWS = "matthews"  # GLUE CoLA's official metric (Matthews correlation)
+F1 = "f1"  # GLUE MRPC's and QQP's official metric (F1 of the positive class)
+OFFICIAL_METRICS = (MATTHEWS, F1)  # the official metrics a reply may carry besides accuracy and loss
+FINETUNED = "finetuned-"  # prefix of the fine-tuned model's test scores in a train reply (evaluate-finetuned)
+FINETUNED_ACCURACY = FINETUNED + ACCURACY
+FINETUNED_LOSS = FINETUNED + LOSS
 CACHE_HIT = "cache-hit"
 TALOS_CALIBRATION_S = "talos-calibration-s"
 TALOS_KEPT_FRACTION = "talos-kept-fraction"
@@ -124,8 +136,14 @@ def describe_reply(task: str) -> RecordDict:
     return content(**{TASK: task_record(task)})
 
 
-def evaluate_reply(task: str, accuracy: float, loss: float, num_examples: int) -> RecordDict:
-    metrics = MetricRecord({ACCURACY: accuracy, LOSS: loss, NUM_EXAMPLES: num_examples})
+def evaluate_reply(task: str, accuracy: float, loss: float, num_examples: int,
+                   official: Mapping[str, float] | None = None) -> RecordDict:
+    """An evaluate reply's content; ``official``: the task's official metrics by name (:data:`OFFICIAL_METRICS`)."""
+    official = dict(official or {})
+    unknown = sorted(set(official) - set(OFFICIAL_METRICS))
+    if unknown:
+        raise ValueError(f"unknown official metric(s) {unknown}; known: {list(OFFICIAL_METRICS)}")
+    metrics = MetricRecord({ACCURACY: accuracy, LOSS: loss, NUM_EXAMPLES: num_examples, **official})
     return content(**{METRICS: metrics, TASK: task_record(task)})
 
 

@@ -118,8 +118,3 @@ def _decode_tensor(name: str, entry: Mapping[str, Any], wire: Mapping[str, torch
     out = torch.zeros(numel, dtype=source)
     out[positions] = _from_wire(values, dtype).to(source)
     return out.reshape(shape)
-
-
-def dense_bytes(tau: Mapping[str, torch.Tensor]) -> int:
-    """Bytes of the task vector's raw float values (what dense float32 transport sends, headers aside)."""
-    return sum(t.numel() * t.element_size() for t in tau.values())

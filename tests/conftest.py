@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny, fast run configs over the real embedded data and the real pretrained encoder."""
+"""Shared fixtures: tiny, fast run configs over the real embedded data and the real pretrained encoder, and a
+spy on the strategies' merge step."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.merge_spy import MergeCall, spy_on_merge_step
 
 TINY: dict[str, Any] = {
     "train-size": 100,
@@ -20,3 +22,9 @@ TINY: dict[str, Any] = {
 def tiny(tmp_path: Path) -> dict[str, Any]:
     """A run config small enough for seconds per run; outputs go to a temporary folder."""
     return {**TINY, "output-dir": str(tmp_path / "outputs")}
+
+
+@pytest.fixture
+def merge_calls(monkeypatch: pytest.MonkeyPatch) -> list[MergeCall]:
+    """Spy on every strategy's merge step: each ``MergeStep.apply`` of the test is recorded, in order."""
+    return spy_on_merge_step(monkeypatch)

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, MessageType
 
 from atmflow import protocol
 from atmflow.client.app import app as client_app
-from atmflow.client.evaluation import evaluate
+from atmflow.client.evaluation import evaluate_task
 from atmflow.client.task import local_task
 from atmflow.config import RunConfig
 from atmflow.models.family import get_family
@@ -32,7 +32,7 @@ from atmflow.strategies.plan import individual_instructions
 @dataclass
 class LocalEvaluator:
     """An :class:`~atmflow.rounds.exchange.Evaluator` that runs the client's own evaluation
-    (:func:`atmflow.client.evaluation.evaluate`) in this process, on one encoder, for ``tasks``: an alpha
+    (:func:`atmflow.client.evaluation.evaluate_task`) in this process, on one encoder, for ``tasks``: an alpha
     sweep is many evaluations, and a message per task and weight setting would cost more than the work."""
 
     cfg: RunConfig
@@ -44,8 +44,7 @@ class LocalEvaluator:
         scores = {}
         for task in self.tasks:
             local = local_task(task, self.cfg)
-            accuracy, loss = evaluate(encoder, local.head, local.data.split(split), local.device)
-            scores[task] = {"accuracy": accuracy, "loss": loss}
+            scores[task] = evaluate_task(task, encoder, local.head, local.data.split(split), local.device)
         return scores
 
 

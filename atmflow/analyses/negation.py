@@ -96,13 +96,12 @@ def run(args: argparse.Namespace) -> int:
 
 def analysis_config(args: argparse.Namespace, mode: str) -> Any:
     """The run config of an analysis command: the app's defaults, ``--run-config``, the fine-tuning mode
-    and the cache folder (``{finetune}`` and ``{seed}`` in ``--cache-dir`` are filled in)."""
+    and the clients' cache folder (one folder serves every mode and seed: its keys cover both; the default
+    is the studies' cache, so the ``talos`` study's fine-tuning is reused)."""
     from atmflow.app_config import parse_overrides, resolve_config
 
-    overrides = {**parse_overrides(args.run_config), "finetune": mode}
-    seed = resolve_config(Path(args.project), overrides).seed
-    cache = args.cache_dir.format(finetune=mode, seed=seed)
-    return resolve_config(Path(args.project), {**overrides, "cache-dir": cache})
+    overrides = {**parse_overrides(args.run_config), "finetune": mode, "cache-dir": args.cache_dir}
+    return resolve_config(Path(args.project), overrides)
 
 
 def add_common_options(parser: argparse.ArgumentParser, out: str) -> None:
@@ -110,7 +109,7 @@ def add_common_options(parser: argparse.ArgumentParser, out: str) -> None:
                         help="fine-tuning modes whose task vectors are analysed")
     parser.add_argument("--project", default=".", help="folder of the Flower app's pyproject.toml (defaults)")
     parser.add_argument("--run-config", default="", help="overrides, as for flwr run: \"key=value key2='text'\"")
-    parser.add_argument("--cache-dir", default="outputs/talos/cache-{finetune}-seed{seed}",
+    parser.add_argument("--cache-dir", default="outputs/studies/cache",
                         help="client cache (reuses the fine-tuning of earlier runs with the same settings)")
     parser.add_argument("--out", default=out, help="where the results go")
 

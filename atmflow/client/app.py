@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from atmflow import protocol, transport
 from atmflow.client import cache
-from atmflow.client.evaluation import evaluate
+from atmflow.client.evaluation import evaluate_task, official_metric_names
 from atmflow.client.gradients import mean_abs_gradient
 from atmflow.client.talos import calibrate_mask, mask_fraction
 from atmflow.client.task import LocalTask, local_task, task_seed
@@ -112,11 +112,12 @@ def train(msg: Message, context: Context) -> Message:
     else:
         tau, metrics = cached
         encoder.load_state_dict(add_scaled(base, tau, 1.0))
-    completed = instructions.evaluate_finetuned and protocol.FINETUNED_ACCURACY not in metrics
+    wanted = (protocol.ACCURACY, protocol.LOSS, *official_metric_names(task))
+    completed = instructions.evaluate_finetuned and any(protocol.FINETUNED + k not in metrics for k in wanted)
     if completed:
         with local.autocast():
-            metrics[protocol.FINETUNED_ACCURACY], metrics[protocol.FINETUNED_LOSS] = evaluate(
-                encoder, local.head, local.data.test, local.device)
+            scores = evaluate_task(task, encoder, local.head, local.data.test, local.device)
+        metrics.update({protocol.FINETUNED + k: v for k, v in scores.items()})
     if key and (cached is None or completed):
         cache.store(cfg.cache_dir, key, tau, metrics)
     metrics[protocol.CACHE_HIT] = float(cached is not None)
@@ -152,9 +153,12 @@ def _gradient_estimate(encoder: torch.nn.Module, local: LocalTask, instructions:
 
 @app.evaluate()
 def evaluate_model(msg: Message, context: Context) -> Message:
-    """Accuracy and loss of the received weights with this task's frozen head on one split."""
+    """Accuracy and loss of the received weights with this task's frozen head on one split, and the task's
+    official metric where it is not accuracy (GLUE CoLA, MRPC, QQP; see :mod:`atmflow.protocol`)."""
     cfg, task, local = _setup(context)
-    split = protocol.requested_split(msg)
+    split = local.data.split(protocol.requested_split(msg))
     with local.autocast():
-        accuracy, loss = evaluate(_encoder(msg, cfg), local.head, local.data.split(split), local.device)
-    return Message(content=protocol.evaluate_reply(task, accuracy, loss, len(local.data.split(split))), reply_to=msg)
+        scores = evaluate_task(task, _encoder(msg, cfg), local.head, split, local.device)
+    official = {k: v for k, v in scores.items() if k in protocol.OFFICIAL_METRICS}
+    content = protocol.evaluate_reply(task, scores[protocol.ACCURACY], scores[protocol.LOSS], len(split), official)
+    return Message(content=content, reply_to=msg)

@@ -14,7 +14,9 @@ labelled GLUE *validation* split (``validation_matched`` for MNLI) is our test s
 train / validation splits are drawn from GLUE *train* (validation = ``val-fraction`` of it, paper
 001 Section 4). Paper 000 reports one number per task, accuracy (Tables 4 and 5, "average test
 accuracy"); :func:`glue_metrics` gives it together with GLUE's official metric where that differs
-(Matthews correlation for CoLA, F1 of the positive class and accuracy for MRPC and QQP).
+(Matthews correlation for CoLA, F1 of the positive class and accuracy for MRPC and QQP), which every
+GLUE node also reports (:func:`atmflow.client.evaluation.official_metrics`). STS-B is not here: it is a
+regression task (Pearson / Spearman correlation), and atmflow's heads and losses are classifiers.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ _EXPORTS = {
     "Rule": "rule",
     "SafetensorsFile": "checkpoint_files",
     "add_scaled": "task_vectors",
-    "check_compatible": "task_vectors",
     "load_checkpoint": "checkpoint_files",
     "mean_merge": "driver",
     "merge": "driver",

@@ -47,14 +47,6 @@ def check_tensor(what: str, name: str, tensor: torch.Tensor, base: torch.Tensor)
         raise ValueError(f"base: tensor {name!r} is {base.dtype}; only floating-point tensors can be merged")
 
 
-def check_compatible(base: StateDict, vectors: Sequence[StateDict]) -> None:
-    """Raise ``ValueError`` naming the tensor if the task vectors do not fit the base or each other."""
-    check_keys(base, vectors)
-    for i, vec in enumerate(vectors):
-        for k, v in vec.items():
-            check_tensor(f"task vector {i}", k, v, base[k])
-
-
 def add_update(base: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     """``theta = theta_base + update``, computed in ``compute_dtype`` and stored in the base's dtype."""
     dtype = compute_dtype(base.dtype)

@@ -119,15 +119,19 @@ def received_task_vector(reply: Message) -> dict[str, torch.Tensor]:
 
 def evaluate_on_tasks(grid: Grid, node_tasks: Mapping[int, str], arrays: ArrayRecord, split: str,
                       timeout: float, phase: str, policy: str = "fail") -> Scores:
-    """Each task node evaluates ``arrays`` on its own ``split``: ``{task: {accuracy, loss}}``."""
+    """Each task node evaluates ``arrays`` on its own ``split``: ``{task: {accuracy, loss[, official metric]}}``
+    (:func:`task_scores`)."""
     replies = send_to_tasks(grid, node_tasks, MessageType.EVALUATE,
                             lambda _: protocol.evaluate_request(arrays, split), timeout, phase).enforce(policy)
     return {task: task_scores(reply) for task, reply in sorted(replies.valid.items())}
 
 
 def task_scores(reply: Message) -> dict[str, float]:
+    """An evaluate reply's scores: ``{accuracy, loss}``, plus the task's official metric (e.g. ``matthews``
+    for GLUE CoLA, ``f1`` for MRPC and QQP) when the reply carries one (:data:`atmflow.protocol.OFFICIAL_METRICS`)."""
     metrics = reply.content.metric_records[protocol.METRICS]
-    return {"accuracy": float(metrics[protocol.ACCURACY]), "loss": float(metrics[protocol.LOSS])}
+    official = {k: float(metrics[k]) for k in protocol.OFFICIAL_METRICS if k in metrics}
+    return {"accuracy": float(metrics[protocol.ACCURACY]), "loss": float(metrics[protocol.LOSS]), **official}
 
 
 class Evaluator(Protocol):

@@ -36,8 +36,13 @@ from atmflow.strategies.plan import individual_instructions
 
 
 def finetuned_scores(train_metrics: dict[str, dict[str, float]]) -> Scores:
-    return {t: {"accuracy": m[protocol.FINETUNED_ACCURACY], "loss": m[protocol.FINETUNED_LOSS]}
-            for t, m in sorted(train_metrics.items())}
+    """The fine-tuned models' test scores the train replies carry (``finetuned-accuracy``, ``finetuned-loss``
+    and, where sent, ``finetuned-<official metric>``), as ``{task: {accuracy, loss[, official metric]}}``."""
+    def scores(m: dict[str, float]) -> dict[str, float]:
+        official = {k: m[protocol.FINETUNED + k] for k in protocol.OFFICIAL_METRICS if protocol.FINETUNED + k in m}
+        return {"accuracy": m[protocol.FINETUNED_ACCURACY], "loss": m[protocol.FINETUNED_LOSS], **official}
+
+    return {t: scores(m) for t, m in sorted(train_metrics.items())}
 
 
 def has_finetuned_scores(train_metrics: dict[str, dict[str, float]]) -> bool:

@@ -10,7 +10,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from atmflow.data.glue import GLUE_TASKS
 from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy, normalized_accuracy
+
+METRIC_NAMES = {"accuracy": "accuracy", "matthews": "Matthews correlation", "f1": "F1"}
+
+
+def official_metric_table(tasks: list[str], rows: list[tuple[str, Scores]]) -> list[str]:
+    """GLUE's official metric of each GLUE task in ``tasks`` (Wang et al. 2019, Table 1: Matthews
+    correlation for CoLA, F1 of the positive class for MRPC and QQP, accuracy for SST-2, MNLI, QNLI, RTE),
+    one row per model, as Markdown lines; no lines when no task is a GLUE task. A score without the metric
+    (e.g. from a run before the nodes sent it) shows as "-"."""
+    glue = [t for t in tasks if t in GLUE_TASKS]
+    if not glue:
+        return []
+    metric = {t: GLUE_TASKS[t].metric for t in glue}
+    lines = ["| model | " + " | ".join(f"{t} ({METRIC_NAMES[metric[t]]})" for t in glue) + " |",
+             "|" + "---|" * (len(glue) + 1)]
+    for name, scores in rows:
+        cells = [f"{scores[t][metric[t]]:.3f}" if metric[t] in scores.get(t, {}) else "-" for t in glue]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return ["", "GLUE's official metric per task (same predictions as the accuracies above):", "", *lines]
 
 
 @dataclass
@@ -108,6 +128,7 @@ class RunResults:
             f"Final average accuracy **{final['avg_accuracy']:.3f}**"
             + (f", normalized accuracy **{final['normalized_accuracy']:.3f}**." if "normalized_accuracy" in final
                else "."),
+            *official_metric_table(tasks, rows),
             *(["", f"Tasks skipped in some round: {skipped}."] if skipped else []),
             "",
         ])

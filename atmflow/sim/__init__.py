@@ -1,2 +1,2 @@
-"""Running atmflow without a deployment: in-process grids for tests and benchmarks (the Flower
-simulation itself runs through ``flwr run .``)."""
+"""Simulation launchers: the in-process grid (tests, studies, benchmarks), the ``flwr run`` simulation driver
+(Ray backend, one virtual SuperNode per task) and a local Ray cluster for multi-machine simulations."""

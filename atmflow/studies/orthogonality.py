@@ -19,8 +19,6 @@ from atmflow.studies.runner import Pick, RunSpec
 from atmflow.studies.study import RunOutput, Study, StudyOptions
 from atmflow.studies.tables import Table, compare, markdown, mean_sd
 
-ONE_SHOT = "one-shot"
-
 
 class Options(StudyOptions):
     rounds: int = 10  # PA-ATM iterations (1 epoch each)

@@ -156,10 +156,6 @@ def _compute(spec: RunSpec, settings: Settings, folder: Path) -> None:
             weights.unlink()
 
 
-def _chain(specs: Sequence[RunSpec], settings: Settings) -> list[Path]:
-    return [execute(s, settings) for s in specs]
-
-
 def run_all(specs: Sequence[RunSpec], settings: Settings, label: str) -> tuple[dict[str, Path], int]:
     """Run what is missing, with a progress bar (ETA in fine-tuning epochs per task).
 
@@ -254,9 +250,3 @@ def write_csv(rows: Iterable[Row], path: Path) -> None:
         writer.writerow(["study", "setting", "method", "seed", "task", "metric", "value", "run"])
         for r in rows:
             writer.writerow([r.study, r.setting, r.method, r.seed, r.task, r.metric, f"{r.value:.6g}", r.run])
-
-
-def read_csv(path: Path) -> list[Row]:
-    with path.open() as f:
-        return [Row(d["study"], d["setting"], d["method"], int(d["seed"]), d["task"], d["metric"],
-                    float(d["value"]), d["run"]) for d in csv.DictReader(f)]

@@ -31,13 +31,6 @@ class Table:
         """The task names (not the "avg" pseudo-task), sorted."""
         return sorted({r.task for r in self.rows if r.metric == "accuracy" and r.task != "avg"})
 
-    def methods(self, setting: str | None = None) -> list[str]:
-        """Method labels in order of first appearance (the study's order)."""
-        return list(dict.fromkeys(r.method for r in self.rows if setting is None or r.setting == setting))
-
-    def settings(self) -> list[str]:
-        return list(dict.fromkeys(r.setting for r in self.rows))
-
     def values(self, setting: str, method: str, task: str = "avg", metric: str = "accuracy") -> list[float]:
         cell = self._cells.get((setting, method, task, metric), {})
         return [cell[s] for s in sorted(cell)]

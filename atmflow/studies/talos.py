@@ -1,124 +1,92 @@
-"""Benchmark: TaLoS sparse fine-tuning versus full fine-tuning under TA and PA-ATM (paper 004).
+"""Study ``talos`` (paper 004): TaLoS sparse fine-tuning versus full fine-tuning under TA and PA-ATM.
 
-Four in-process runs on the embedded benchmark at equal budget (one seed unless told), run as
-parallel jobs: TA (one round of ``budget-epochs``) and PA-ATM (``budget-epochs`` rounds x 1 epoch),
-each with ``finetune = "full"`` and ``finetune = "talos"``. Per run: final average and normalized
-accuracy, the bytes one client sends per round (the encoded task vector, :mod:`atmflow.transport`),
-the fine-tuning time per optimizer step (client ``wall-s / steps``, mask calibration excluded) and the
-TaLoS calibration time per train message. The individual models (normalized accuracy) are the TA
-run's fine-tuned models, which are exactly what PA-ATM's individual exchange would compute (same
-instructions and seed); the clients' cache (one folder per mode) lets ``atmflow negate`` and
-``atmflow disentanglement`` reuse the same task vectors.
+Per seed and fine-tuning mode (``finetune = "full"`` and ``"talos"``), at equal budget: TA (one
+round of ``budget`` epochs, lambda chosen on validation) and PA-ATM (``budget`` rounds x 1 epoch).
+Rows: per-task and average test accuracy, normalized accuracy (each mode's own individual models:
+the TA run's fine-tuned models, which PA-ATM's individual exchange reuses through the clients'
+cache), the bytes one client sends per round (the encoded task vector, :mod:`atmflow.transport`),
+the fine-tuning time per optimizer step (client ``wall-s / steps``, mask calibration excluded) and
+the TaLoS calibration time per train message. The clients' cache of the study root also serves
+``atmflow negate`` and ``atmflow disentanglement`` with the same task vectors (``--cache-dir``).
 
-Usage: ``python -m atmflow.studies.talos [--seed 0] [--workers 4] [--out outputs/talos]
-[--run-config "budget-epochs=5"]``
+Usage: ``python -m atmflow.studies talos [--seeds 0 1 2] [--options "budget=10"] [--run-config "..."]``
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from atmflow.rounds.records import normalized_accuracy
+from pydantic import field_validator
+
+from atmflow import protocol
+from atmflow.studies.methods import oneshot, pa_atm
+from atmflow.studies.runner import INDIVIDUAL, PRETRAINED, Pick, Row, RunSpec, experiment_rows
+from atmflow.studies.study import RunOutput, Study, StudyOptions, str_list
+from atmflow.studies.tables import Table, compare, method_table
 
 MODES = ("full", "talos")
-STRATEGIES = ("ta", "pa-atm")
 
 
-def run_job(strategy: str, mode: str, seed: int, out: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """One run; returns its results.json content."""
-    from atmflow.config import load_config
-    from atmflow.sim.local import run_inprocess
+class Options(StudyOptions):
+    budget: int = 10  # epochs of fine-tuning per task (TA: once; PA-ATM: rounds of 1 epoch)
+    modes: tuple[str, ...] = MODES
 
-    budget = load_config(overrides).budget_epochs
-    extra = {"rounds": budget, "individual": False} if strategy == "pa-atm" else {}
-    run = run_inprocess({**overrides, "strategy": strategy, **extra, "seed": seed, "finetune": mode,
-                         "output-dir": out, "cache-dir": f"{out}/cache-{mode}-seed{seed}",
-                         "run-name": f"{strategy}-{mode}-seed{seed}"})
-    return run.to_json()
+    _modes = field_validator("modes", mode="before")(lambda v: _check_modes(str_list(v)))
 
 
-def summarize(results: dict[str, Any], individual: dict[str, Any]) -> dict[str, Any]:
-    """The benchmark's figures from one run's results.json content."""
-    train = [m for r in results["rounds"] for m in r["train"].values() if not m.get("cache-hit")]
-    step_s = [m["wall-s"] / m["steps"] for m in train]
-    calib = [m["talos-calibration-s"] for m in train if "talos-calibration-s" in m]
-    final = results["final"]
-    return {"label": results["label"], "tasks": {t: s["accuracy"] for t, s in final["tasks"].items()},
-            "avg": final["avg_accuracy"], "normalized": normalized_accuracy(final["tasks"], individual["tasks"]),
-            "bytes": final["bytes_per_client_round"], "step_s": statistics.mean(step_s) if step_s else None,
-            "calibration_s": statistics.mean(calib) if calib else None, "individual": individual["avg_accuracy"],
-            "wall_s": results["wall_s"]}
+def _check_modes(modes: Sequence[str]) -> tuple[str, ...]:
+    wrong = [m for m in modes if m not in MODES]
+    if wrong:
+        raise ValueError(f"unknown fine-tuning mode(s) {wrong}; allowed: {', '.join(MODES)}")
+    return tuple(modes)
 
 
-def table(rows: dict[tuple[str, str], dict[str, Any]]) -> str:
-    tasks = sorted(next(iter(rows.values()))["tasks"])
-
-    def fmt(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    lines = ["| method | fine-tuning | " + " | ".join(tasks) + " | avg | normalized | individual avg | "
-             "MB per client per round | s per fine-tuning step | s calibration per train message |",
-             "|---|---|" + "---|" * len(tasks) + "---|---|---|---:|---:|---:|"]
-    for (_, mode), r in rows.items():
-        method = r["label"]
-        cells = " | ".join(f"{r['tasks'][t]:.3f}" for t in tasks)
-        lines.append(f"| {method} | {mode} | {cells} | **{r['avg']:.3f}** | {fmt(r['normalized'], '.3f')} | "
-                     f"{fmt(r['individual'], '.3f')} | {r['bytes'] / 1e6:.2f} | {fmt(r['step_s'], '.2f')} | "
-                     f"{fmt(r['calibration_s'], '.1f')} |")
-    return "\n".join(lines)
+def plan(opts: Options, base: dict[str, Any], seeds: Sequence[int]) -> list[RunSpec]:
+    specs: list[RunSpec] = []
+    for seed in seeds:
+        for mode in opts.modes:
+            with_mode = {**base, "finetune": mode}
+            specs.append(oneshot("TA", opts.budget, seed, with_mode, mode, with_bounds=True))
+            specs.append(pa_atm(opts.budget, 1, seed, with_mode, [Pick(f"PA-ATM{opts.budget}", mode, opts.budget)]))
+    return specs
 
 
-def collect(out: str, seed: int) -> dict[tuple[str, str], dict[str, Any]]:
-    """The rows of the runs found under ``out`` (``--collect``): finished runs from results.json, a run
-    still going from its last checkpoint (its label then says how many rounds it has)."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for s in STRATEGIES:
-        for m in MODES:
-            folder = Path(out) / f"{s}-{m}-seed{seed}"
-            if (folder / "results.json").is_file():
-                found[(s, m)] = json.loads((folder / "results.json").read_text())
-            elif (folder / "checkpoint.json").is_file():
-                data = json.loads((folder / "checkpoint.json").read_text())["results"]
-                data["label"] += f" (stopped after {len(data['rounds'])} of {data['config']['rounds']} rounds)"
-                found[(s, m)] = data
-    return {(s, m): summarize(r, found[("ta", m)]["individual"]) for (s, m), r in found.items() if ("ta", m) in found}
+def rows(study: str, spec: RunSpec, folder: Path, results: dict[str, Any]) -> list[Row]:
+    """:func:`~atmflow.studies.runner.experiment_rows`, plus the costs of the run's method row: MB one client
+    sends per round, seconds per fine-tuning step and seconds of TaLoS calibration per train message."""
+    out = experiment_rows(study, spec, folder, results)
+    pick = spec.picks[0]
+    # a cache hit carries the metrics of the fine-tuning that filled the cache: the same measurement
+    trained = [m for r in results["rounds"] for m in r["train"].values()]
+    costs = {"mb-per-client-round": results["final"]["bytes_per_client_round"] / 1e6}
+    if trained:
+        costs["s-per-step"] = statistics.fmean(m[protocol.WALL_S] / m[protocol.STEPS] for m in trained)
+    calibration = [m[protocol.TALOS_CALIBRATION_S] for m in trained if protocol.TALOS_CALIBRATION_S in m]
+    if calibration:
+        costs["calibration-s"] = statistics.fmean(calibration)
+    return out + [Row(study, pick.setting, pick.method, spec.seed, "avg", metric, value, folder.name)
+                  for metric, value in costs.items()]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--out", default="outputs/talos")
-    parser.add_argument("--run-config", default="", help="extra overrides, as for flwr run --run-config")
-    parser.add_argument("--collect", action="store_true", help="only tabulate the runs already under --out")
-    args = parser.parse_args(argv)
-    if args.collect:
-        print(table(collect(args.out, args.seed)))
-        return 0
-    from atmflow.app_config import parse_overrides
-
-    overrides = parse_overrides(args.run_config)
-    started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {(s, m): pool.submit(run_job, s, m, args.seed, args.out, overrides)
-                   for s in STRATEGIES for m in MODES}
-        results = {key: f.result() for key, f in futures.items()}
-    rows = {(s, m): summarize(results[(s, m)], results[("ta", m)]["individual"]) for s, m in results}
-    text = (table(rows) + f"\n\nSeed {args.seed}. Total wall time {time.perf_counter() - started:.0f} s "
-            f"with {args.workers} worker(s).\n")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "talos_benchmark.json").write_text(json.dumps({f"{s} {m}": r for (s, m), r in rows.items()},
-                                                                    indent=2))
-    (Path(args.out) / "talos_benchmark.md").write_text(text)
-    print(text)
-    return 0
+def report(table: Table, opts: Options, runs: list[RunOutput], fig_dir: Path) -> str:
+    atm = f"PA-ATM{opts.budget}"
+    extra = [("normalized", "normalized"), ("mb-per-client-round", "MB per client per round"),
+             ("s-per-step", "s per fine-tuning step"), ("calibration-s", "s calibration per train message")]
+    text = [f"## TaLoS versus full fine-tuning, {opts.budget} epochs of budget", ""]
+    for mode in opts.modes:
+        text += [f"### fine-tuning `{mode}`", "",
+                 method_table(table, mode, [PRETRAINED, "TA", atm, INDIVIDUAL], extra), ""]
+    if set(MODES) <= set(opts.modes):
+        text.append("Differences (average test accuracy):")
+        text.append("")
+        for method in ("TA", atm, INDIVIDUAL):
+            text.append(f"- {method}: " + compare("TaLoS", table.values("talos", method), "full",
+                                                  table.values("full", method)))
+    return "\n".join(text)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+STUDY = Study("talos", "TaLoS sparse fine-tuning versus full fine-tuning under TA and PA-ATM (paper 004)", Options,
+              plan, report, rows=rows)

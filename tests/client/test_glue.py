@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from atmflow.data.embedded import DataUnavailableError
 from atmflow.data.glue import GLUE_TASKS, glue_metrics, load_glue
@@ -80,8 +81,6 @@ def test_missing_data_names_what_where_and_the_fetch_command(tmp_path: Path) -> 
 def test_glue_split_logic_through_the_task_registry(tmp_path: Path) -> None:
     """data-sources points a task at the local copy; train / validation come from GLUE train,
     the test split is GLUE validation (its test labels are hidden)."""
-    import torch
-
     from atmflow.config import load_config
     from atmflow.data.splits import make_splits
     from atmflow.data.tasks import load_raw_task
@@ -119,3 +118,60 @@ def test_metrics_matthews_f1_accuracy() -> None:
     assert glue_metrics("glue-qqp", preds, labels)["f1"] == pytest.approx(f1)
     assert glue_metrics("glue-sst2", preds, labels) == {"accuracy": 5 / 8}
     assert glue_metrics("glue-cola", labels, labels)["matthews"] == 1.0
+
+
+def test_official_metrics_are_protocol_keys_and_only_glue_tasks_send_them() -> None:
+    from types import SimpleNamespace
+
+    from atmflow import protocol
+    from atmflow.client.evaluation import official_metric_names, official_metrics
+    from atmflow.rounds.exchange import task_scores
+
+    assert {s.metric for s in GLUE_TASKS.values()} - {"accuracy"} == set(protocol.OFFICIAL_METRICS)
+    assert official_metric_names("glue-cola") == ("matthews",) and official_metric_names("glue-qqp") == ("f1",)
+    assert official_metric_names("glue-sst2") == official_metric_names("mnist") == ()
+    labels, preds = torch.tensor([1, 1, 1, 0, 0, 0, 1, 0]), torch.tensor([1, 1, 0, 0, 0, 1, 1, 1])
+    assert official_metrics("glue-cola", preds, labels) == pytest.approx({"matthews": 4 / math.sqrt(240)})
+    assert official_metrics("glue-mrpc", preds, labels) == pytest.approx({"f1": 6 / 9})
+    assert official_metrics("mnist", preds, labels) == official_metrics("glue-rte", preds, labels) == {}
+
+    def scores(content: object) -> dict[str, float]:  # task_scores reads only the reply's content
+        return task_scores(SimpleNamespace(content=content))  # type: ignore[arg-type]
+
+    assert scores(protocol.evaluate_reply("mnist", 0.5, 1.25, 8)) == {"accuracy": 0.5, "loss": 1.25}
+    assert scores(protocol.evaluate_reply("glue-cola", 0.5, 1.25, 8, {"matthews": -0.25})) == {
+        "accuracy": 0.5, "loss": 1.25, "matthews": -0.25}
+    with pytest.raises(ValueError, match="unknown official metric"):
+        protocol.evaluate_reply("glue-cola", 0.5, 1.25, 8, {"mcc": 0.1})
+
+
+def test_a_glue_run_reports_the_official_metrics(tmp_path: Path) -> None:
+    """A whole in-process run (tiny BERT, one-shot TA) on CoLA, MRPC and SST-2: every score of a GLUE task whose
+    official metric is not accuracy carries it (pretrained, merged and individual scores), and results.json and
+    report.md show it per task (accuracy for SST-2)."""
+    import json
+
+    from test_text import write_tiny_bert
+
+    from atmflow.sim.local import run_inprocess
+
+    tasks = ("glue-cola", "glue-mrpc", "glue-sst2")
+    for task in tasks:
+        write_glue(tmp_path / "glue", task, "train", 40)
+        write_glue(tmp_path / "glue", task, "validation", 16)
+    res = run_inprocess({"model-family": "hf-text", "model": str(write_tiny_bert(tmp_path / "bert")),
+                         "tasks": ",".join(tasks), "data-sources": ",".join(f"{t}={tmp_path / 'glue'}" for t in tasks),
+                         "train-size": 40, "test-size": 16, "max-length": 16, "budget-epochs": 1, "lr": 1e-3,
+                         "num-threads": 1, "strategy": "ta", "run-name": "glue", "output-dir": str(tmp_path / "out")})
+    out = json.loads((tmp_path / "out" / "glue" / "results.json").read_text())
+    for scores in (out["pretrained"]["tasks"], out["final"]["tasks"], out["individual"]["tasks"]):
+        cola, mrpc, sst2 = (scores[t] for t in tasks)
+        assert set(cola) == {"accuracy", "loss", "matthews"} and -1 <= cola["matthews"] <= 1
+        assert set(mrpc) == {"accuracy", "loss", "f1"} and 0 <= mrpc["f1"] <= 1
+        assert set(sst2) == {"accuracy", "loss"}
+    assert out["final"]["tasks"] == res.rounds[-1].tasks
+    report = (tmp_path / "out" / "glue" / "report.md").read_text()
+    assert "| model | glue-cola (Matthews correlation) | glue-mrpc (F1) | glue-sst2 (accuracy) |" in report
+    final = res.rounds[-1].tasks
+    assert (f"| round 1 | {final['glue-cola']['matthews']:.3f} | {final['glue-mrpc']['f1']:.3f} | "
+            f"{final['glue-sst2']['accuracy']:.3f} |") in report

@@ -50,7 +50,7 @@ def test_default_family_is_the_embedded_mobilenet() -> None:
     [
         ({"model-family": "resnet"}, "unknown model-family 'resnet'; allowed: hf-text, mobilenet-v2, open_clip"),
         ({"head": "zeroshot"}, "head='zeroshot' is not available for model-family 'mobilenet-v2'"),
-        ({"train-size": 5}, "train-size: Value error, must be 0 (all examples) or at least 10"),
+        ({"train-size": 5}, "train-size: must be 0 (all examples) or at least 10 (got 5)"),
         ({"data-sources": "mnist"}, "data-sources entry 'mnist' is not 'task=location'"),
         ({"data-sources": "mnist=/data/mnist"}, "task 'mnist' ships inside an installed package"),
         ({"data-sources": "foo=/x"}, "unknown task 'foo'"),

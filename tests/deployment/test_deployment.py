@@ -22,7 +22,9 @@ from atmflow.deploy.loopback import LoopbackDeployment
 from atmflow.server.experiment import run_experiment
 from atmflow.sim.inprocess import InProcessGrid
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.process
+
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("digits", "mnist")
 SMALL = ("train-size=100 test-size=20 image-size=32 individual=false rounds=2 num-threads=1 "
          f"tasks='{','.join(TASKS)}' node-wait-s=120")

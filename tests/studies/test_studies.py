@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 
+from atmflow.analyses.conflict import knowledge_conflict, total_conflict
 from atmflow.config import ConfigError
 from atmflow.merging import merge
-from atmflow.rounds.geometry import knowledge_conflict, total_conflict
 from atmflow.studies import STUDIES, run_study
 from atmflow.studies.__main__ import main
 from atmflow.studies.runner import Pick, RunSpec
@@ -76,6 +76,7 @@ OPTIONS = {
     "original-settings": "budget=2 long-rounds=3 methods='TA,TATR'",
     "orthogonality": "rounds=2 budget=2",
     "conflict": "budget=2",
+    "talos": "budget=2",
 }
 FIGURES = {
     "budget-distribution": {"accuracy_per_distribution.png", "accuracy_per_round.png", "radar.png"},
@@ -83,6 +84,7 @@ FIGURES = {
     "original-settings": {"radar.png", "accuracy_per_round.png"},
     "orthogonality": {"cosine_per_iteration.png", "cosine_heatmaps.png"},
     "conflict": {"conflict_heatmaps.png"},
+    "talos": set(),
 }
 
 
@@ -120,6 +122,10 @@ def test_every_study_end_to_end_then_cached(tmp_path: Path, monkeypatch: pytest.
     conflict = _csv(root / "conflict" / "results.csv")
     pairs = {(r["method"], r["task"]) for r in conflict if r["metric"] == "conflict-loss"}
     assert pairs == {(m, p) for m in ("TA", "TATR") for p in ("mnist|digits", "digits|mnist", "total")}
+    talos = _csv(root / "talos" / "results.csv")
+    assert {(r["setting"], r["method"]) for r in talos if r["metric"] == "s-per-step"} == {
+        (mode, method) for mode in ("full", "talos") for method in ("TA", "PA-ATM2")}
+    assert {r["setting"] for r in talos if r["metric"] == "calibration-s"} == {"talos"}
     cos = _csv(root / "orthogonality" / "results.csv")
     assert {r["setting"] for r in cos if r["metric"] == "mean-abs-cosine"} == {"iteration 1", "iteration 2", "2 epochs"}
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import torch
-from hf_data import write_image_dataset
 from safetensors.torch import load_file
+from testkit.hf_data import write_image_dataset
 
 from atmflow.client.task import local_task
 from atmflow.config import RunConfig, load_config

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
+from testkit.references import tatr_reference, ties_reference
 
 from atmflow.merging import METHODS, merge
 from atmflow.merging.select import top_fraction_thresholds
@@ -37,42 +38,6 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
-
-
-def flat(vectors: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    return torch.stack([torch.cat([v[k].reshape(-1) for k in v]) for v in vectors])
-
-
-def unflat(x: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out, i = {}, 0
-    for k, v in like.items():
-        out[k] = x[i:i + v.numel()].reshape(v.shape)
-        i += v.numel()
-    return out
-
-
-def ties_reference(vectors: list[dict[str, torch.Tensor]], k: float) -> dict[str, torch.Tensor]:
-    """TIES over one flattened n x d matrix with a full sort (the official code's layout)."""
-    m = flat(vectors)
-    keep = int(k * m.shape[1])
-    kth = m.abs().sort(dim=1, descending=True).values[:, keep - 1:keep]
-    trimmed = m * (m.abs() >= kth)
-    sign = trimmed.sum(0).sign()
-    sign[sign == 0] = sign.sum().sign()
-    agree = torch.where(sign > 0, trimmed > 0, trimmed < 0)
-    return unflat((trimmed * agree).sum(0) / agree.sum(0).clamp(min=1), vectors[0])
-
-
-def tatr_reference(vectors: list[dict[str, torch.Tensor]], fraction: float,
-                   grads: list[dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
-    """TATR zero-shot or with gradients: Omega by the double loop of Eq. 8, threshold by a full sort."""
-    taus = flat(vectors)
-    g = taus.abs() if grads is None else flat(grads).abs()
-    omega = sum(g[j] * taus[i].abs() for i in range(len(taus)) for j in range(len(taus)) if i != j)
-    assert isinstance(omega, torch.Tensor)
-    m = int(fraction * omega.numel())
-    eps = omega.sort(descending=True).values[m - 1] if m else float("inf")
-    return unflat(taus.sum(0) * ((omega < eps) | (omega == 0)), vectors[0])
 
 
 # --- hand-computed examples -----------------------------------------------------------------------
@@ -215,7 +180,7 @@ def test_tatr_matches_the_double_loop_full_sort_reference(seed: int, gradients: 
     grads = [{k: torch.rand(v.shape, generator=g) for k, v in tau.items()} for tau in taus] if gradients else None
     for fraction in (0.01, 0.1, 0.3):
         merged = merge("tatr", base, taus, grads=grads, trust_fraction=fraction, lam=1.0)
-        assert_same(update(merged, base), tatr_reference(taus, fraction, grads))
+        assert_same(update(merged, base), tatr_reference(taus, fraction, grads=grads))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -302,7 +267,8 @@ def test_top_fraction_threshold_equals_the_full_sort(seed: int, dtype: torch.dty
 
 
 @pytest.mark.parametrize(("method", "params", "message"), [
-    ("median", {}, r"unknown merge method 'median' \(did you mean 'mean'\?\); allowed: mean, ta, ties, breadcrumbs, dare, tatr, ties\+tatr"),
+    ("median", {}, r"unknown merge method 'median' \(did you mean 'mean'\?\); "
+                   r"allowed: mean, ta, ties, breadcrumbs, dare, tatr, ties\+tatr"),
     ("ta", {"k": 0.2}, "merge method 'ta' has no parameter 'k'; its parameters: lam"),
     ("ties", {"k": 1.5}, r"ties: k=1.5 is not allowed \(0 < k <= 1\)"),
     ("dare", {"p": 1.0}, r"dare: p=1.0 is not allowed \(0 <= p < 1\)"),

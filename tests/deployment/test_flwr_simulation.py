@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from atmflow.processes import processes_with_env
 from atmflow.sim.flwr_local import run_simulation
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.process
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_flwr_run_simulation_smoke(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from atmflow.app_config import app_defaults, parse_overrides
 from atmflow.config import ConfigError, RunConfig, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pyproject_defaults_are_the_model_defaults() -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from atmflow.sim import benchmark
 from atmflow.sim.local import run_inprocess
+from atmflow.studies import benchmark
 
 
 @pytest.mark.slow

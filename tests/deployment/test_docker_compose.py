@@ -17,7 +17,7 @@ from atmflow.app_config import app_defaults
 from atmflow.config import load_config
 from atmflow.data.tasks import CONFIG_SOURCES as DATA_PATH_KEYS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 OVERLAYS = [(), ("compose.tls.yml",), ("compose.gpu.yml",), ("compose.tls.yml", "compose.gpu.yml")]
 COMPOSE = shutil.which("docker-compose")

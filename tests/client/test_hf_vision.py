@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hf_data import images_for, write_image_dataset
+from testkit.hf_data import images_for, write_image_dataset
 
 from atmflow.client.task import load_task
 from atmflow.config import RunConfig

@@ -10,7 +10,7 @@ import pytest
 from atmflow.config import ConfigError, load_config
 from atmflow.data.text_tasks import TEXT_SMALL
 
-PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+PYPROJECT = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
 
 def test_text_small_preset_fills_every_key_left_at_its_default() -> None:

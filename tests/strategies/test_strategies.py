@@ -10,6 +10,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType
 from safetensors.torch import load_file
+from testkit import references
+from testkit.merge_spy import MergeCall
 
 from atmflow import protocol
 from atmflow.client.app import app as client_app
@@ -59,14 +61,75 @@ def test_oneshot_with_every_operator(tiny: dict[str, Any], shared_cache: str, me
     assert any(not torch.equal(final[k], pretrained[k]) for k in pretrained)  # never the pretrained model
 
 
+# Every rule's run-config key at a value other than its default, and merge-lambda (every scale).
+ATM_PARAMS = {"merge-lambda": 0.7, "ties-k": 0.3, "breadcrumbs-beta": 0.5, "breadcrumbs-gamma": 0.99, "dare-p": 0.5,
+              "merge-seed": 3, "tatr-trust-fraction": 0.05, "tatr-exemplars": 4}
+
+
+def atm_reference(merge: str, call: MergeCall) -> dict[str, torch.Tensor]:
+    """The model the operator's formula gives from ``call``'s base and task vectors, at ``ATM_PARAMS``."""
+    taus, grads, lam = call.task_vectors(), call.task_grads(), ATM_PARAMS["merge-lambda"]
+    update = {
+        "mean": lambda: references.mean_reference(taus, alpha=lam),
+        "ta": lambda: references.ta_reference(taus, lam),
+        "ties": lambda: references.ties_reference(taus, k=0.3, lam=lam),
+        "breadcrumbs": lambda: references.breadcrumbs_reference(taus, beta=0.5, gamma=0.99, lam=lam),
+        "dare": lambda: references.dare_reference(taus, p=0.5, lam=lam, seed=3 + call.round - 1),  # a seed a round
+        "tatr": lambda: references.tatr_reference(taus, 0.05, lam, grads=grads),
+        "ties+tatr": lambda: references.ties_tatr_reference(taus, k=0.3, fraction=0.05, lam=lam, grads=grads),
+    }[merge]()
+    return references.merged(call.base, update)
+
+
+def assert_model_close(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], keys: Any,
+                       boundary: dict[str, torch.Tensor] | None = None) -> None:
+    """``got == expected`` on ``keys`` (float rounding aside), except where ``boundary`` is True."""
+    for k in keys:
+        a, b = got[k], expected[k]
+        if boundary is not None and k in boundary:
+            a, b = a[~boundary[k]], b[~boundary[k]]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def trust_boundary(merge: str, call: MergeCall) -> dict[str, torch.Tensor] | None:
+    """TATR: the entries whose Omega lies within float rounding of epsilon (the rule sums Omega in another
+    order than the reference, so these may fall on either side); None for the other rules."""
+    if "tatr" not in merge:
+        return None
+    omega = references.sensitivity_reference(call.task_vectors(), call.task_grads())
+    eps = references.trust_epsilon(omega, ATM_PARAMS["tatr-trust-fraction"])
+    near = (omega - eps).abs() <= 1e-5 * eps
+    assert int(near.sum()) <= 16, f"{int(near.sum())} entries at the trust-region boundary"
+    return references.unflat(near, call.task_vectors()[0])
+
+
 @pytest.mark.parametrize("merge", method_names())
-def test_atm_with_every_merge_step(tiny: dict[str, Any], merge: str) -> None:
+def test_atm_with_every_merge_step(tiny: dict[str, Any], merge: str, merge_calls: list[MergeCall]) -> None:
+    """Two real ATM rounds in-process; the spy captures each round's base and task vectors, and the model
+    the strategy carried into round 2 and wrote at the end must be the operator's formula applied to them
+    (computed independently, tests/testkit/references.py), and never the base."""
     run_inprocess({**tiny, "run-name": "atm", "strategy": "atm", "merge": merge, "rounds": 2, "individual": False,
-                   "tatr-exemplars": 4})
+                   **ATM_PARAMS})
     out = _load(Path(tiny["output-dir"]) / "atm")
     assert [r["round"] for r in out["rounds"]] == [1, 2]
     assert all(r["extra"]["merge"] == merge for r in out["rounds"])
     assert all(0 <= r["avg_accuracy"] <= 1 for r in out["rounds"])
+
+    assert [(c.method, c.round) for c in merge_calls] == [(merge, 1), (merge, 2)]
+    first, second = merge_calls
+    pretrained = pretrained_encoder().state_dict()
+    assert first.base.keys() == pretrained.keys()
+    assert all(torch.equal(first.base[k], pretrained[k]) for k in pretrained)  # PA-ATM starts pretrained
+    assert sorted(first.vectors) == TASKS and sorted(second.vectors) == TASKS
+    assert (first.grads is not None) == METHODS[merge].uses_grads
+    if first.grads is not None:
+        assert sorted(first.grads) == TASKS
+    tuned = list(first.task_vectors()[0])
+    for call, produced in ((first, second.base), (second, _final(Path(tiny["output-dir"]) / "atm"))):
+        expected = atm_reference(merge, call)
+        assert_model_close(produced, expected, pretrained, trust_boundary(merge, call))
+        assert any(not torch.equal(produced[k], call.base[k]) for k in tuned)  # the merge moved the model
+        assert all(torch.equal(produced[k], call.base[k]) for k in pretrained if k not in tuned)  # frozen: kept
 
 
 def test_ph_atm_starts_from_ta_and_tunes_on_validation(tiny: dict[str, Any], shared_cache: str) -> None:

@@ -23,7 +23,7 @@ from atmflow.sim.ray_cluster import (
     still_running,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 STATUS = """======== Autoscaler status: 2026-11-26 13:27:44.715616 ========
 Node status
@@ -93,6 +93,7 @@ def released_status(address: str, timeout_s: float = 60.0) -> str:
     return status
 
 
+@pytest.mark.process
 def test_simulation_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
     """A head and a worker node (one CPU each), then a real ``flwr run`` attached to them: each of the two
     ClientApp actors runs on its own node, which a private Ray instance could not do."""
