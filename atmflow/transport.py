@@ -15,6 +15,9 @@ and original dtype. Decoding is exact: the server gets back the sent values, con
 original dtype (with ``float32`` transport of a float32 vector, the vector itself; with ``bfloat16``
 or ``float16``, each entry rounded once to that type). Flower's arrays are NumPy arrays, which have
 no bfloat16: bfloat16 values travel as their raw 16 bits (int16) and are reinterpreted on decoding.
+Nothing in a received spec is trusted: the server passes the shapes it expects, and the spec must
+announce exactly those tensors with those shapes before anything is allocated (a spec claiming a
+sparse tensor of shape [2**40] is refused, not allocated); every shape entry must be an integer >= 0.
 Pure functions, used by the client (:mod:`atmflow.client.app`) and the server
 (:mod:`atmflow.rounds.exchange`).
 """
@@ -75,8 +78,39 @@ def encode(tau: Mapping[str, torch.Tensor], dtype: str = "float32") -> tuple[dic
     return wire, json.dumps(spec)
 
 
-def decode(wire: Mapping[str, torch.Tensor], spec: str | None) -> dict[str, torch.Tensor]:
-    """The task vector a client sent. ``spec=None``: the arrays are a plain dense task vector."""
+def _spec_shape(name: str, entry: Any) -> tuple[int, ...]:
+    """A spec entry's shape: a list of integers >= 0 (else :class:`TransportError`)."""
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if (not isinstance(shape, list) or entry.get("form") not in ("sparse", "dense")
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+        raise TransportError(f"tensor {name!r}: spec entry {str(entry)[:200]} is not "
+                             "{form: sparse|dense, shape: [int >= 0, ...], source: ...}")
+    return tuple(shape)
+
+
+def check_spec_shapes(tensors: Any, expected: Mapping[str, tuple[int, ...]] | None) -> None:
+    """The spec's tensors are well formed and, with ``expected``, exactly the expected names and shapes."""
+    if not isinstance(tensors, dict):
+        raise TransportError("transport spec: 'tensors' is not a mapping")
+    shapes = {name: _spec_shape(name, entry) for name, entry in tensors.items()}
+    if expected is None:
+        return
+    if set(shapes) != set(expected):
+        extra, missing = sorted(set(shapes) - set(expected))[:3], sorted(set(expected) - set(shapes))[:3]
+        raise TransportError(f"transport spec announces other tensors than the model's (unexpected {extra}, "
+                             f"missing {missing})")
+    for name, shape in shapes.items():
+        if shape != tuple(expected[name]):
+            raise TransportError(f"tensor {name!r}: spec shape {list(shape)[:8]} differs from the model's "
+                                 f"{list(expected[name])}")
+
+
+def decode(wire: Mapping[str, torch.Tensor], spec: str | None,
+           expected: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, torch.Tensor]:
+    """The task vector a client sent. ``spec=None``: the arrays are a plain dense task vector.
+
+    ``expected`` (``{name: shape}``): the tensors the spec must announce, checked before allocating.
+    """
     if spec is None:
         return dict(wire)
     try:
@@ -86,6 +120,7 @@ def decode(wire: Mapping[str, torch.Tensor], spec: str | None) -> dict[str, torc
         raise TransportError(f"unreadable transport spec ({err})") from None
     if dtype not in TRANSPORT_DTYPES:
         raise TransportError(f"unknown transport dtype {dtype!r}")
+    check_spec_shapes(tensors, expected)
     expected_names = {f"{n}.{part}" if t.get("form") == "sparse" else n
                       for n, t in tensors.items() for part in ("indices", "values")}
     if set(wire) != expected_names:

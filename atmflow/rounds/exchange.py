@@ -1,13 +1,26 @@
 """Sending one message per task node and collecting the replies by task name.
 
-A task whose node failed (an error reply, no reply within the timeout, or a reply whose arrays do
-not fit the model) is never silently dropped: it is named in the log and the results, and the
-``on-missing-task`` policy decides: ``fail`` raises :class:`TaskFailureError`, ``skip`` goes on
-without that task for this exchange.
+A task whose node failed (an error reply, no reply within the timeout, or an invalid reply) is never
+silently dropped: it is named in the log and the results, and the ``on-missing-task`` policy decides:
+``fail`` raises :class:`TaskFailureError`, ``skip`` goes on without that task for this exchange.
+
+Nothing a client sends is trusted. A reply is invalid when
+
+* it claims another task than the one the handshake mapped to the node that answered (the task is
+  bound to the node: a node cannot deliver, or overwrite, another task's update);
+* a metric the server asked for is missing, not a number, or out of range (:data:`METRIC_RULES`:
+  ``num-examples`` a finite count > 0, since ``aggregation = "examples"`` weighs task vectors by
+  ``n_t / sum_s n_s``; ``accuracy`` and F1 in [0, 1]; Matthews correlation in [-1, 1]; losses finite);
+  any other metric it sends must be finite;
+* its arrays do not fit the model (:func:`check_arrays`), or its transport spec announces tensors other
+  than the model's (checked before anything is allocated, :func:`atmflow.transport.decode`).
+
+A merged model is checked finite (:func:`require_finite`) before it is checkpointed or used.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from logging import WARNING
@@ -20,6 +33,61 @@ from flwr.serverapp import Grid
 
 from atmflow import protocol, transport
 from atmflow.rounds.records import Scores
+
+# The metrics each kind of reply must carry, and the range of every metric the server reads: key -> kind.
+COUNT, FINITE, FRACTION, CORRELATION = "a finite count > 0", "finite", "in [0, 1]", "in [-1, 1]"
+REQUIRED_METRICS = {
+    MessageType.TRAIN: (protocol.NUM_EXAMPLES, protocol.TRAIN_LOSS),
+    MessageType.EVALUATE: (protocol.ACCURACY, protocol.LOSS, protocol.NUM_EXAMPLES),
+}
+METRIC_RULES = {
+    protocol.NUM_EXAMPLES: COUNT, protocol.TRAIN_LOSS: FINITE, protocol.ACCURACY: FRACTION, protocol.LOSS: FINITE,
+    protocol.F1: FRACTION, protocol.MATTHEWS: CORRELATION, protocol.FINETUNED_ACCURACY: FRACTION,
+    protocol.FINETUNED_LOSS: FINITE, protocol.FINETUNED + protocol.F1: FRACTION,
+    protocol.FINETUNED + protocol.MATTHEWS: CORRELATION,
+}
+RANGES = {COUNT: (0.0, math.inf), FINITE: (-math.inf, math.inf), FRACTION: (0.0, 1.0), CORRELATION: (-1.0, 1.0)}
+
+
+class NonFiniteModelError(ValueError):
+    """A merged (or loaded) model holds NaN or infinite values; it is never checkpointed or used."""
+
+
+def require_finite(weights: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`NonFiniteModelError` naming the first tensor of ``weights`` with a NaN or inf."""
+    for key, value in weights.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteModelError(f"{what}: tensor {key!r} has non-finite values (NaN or inf); it is not "
+                                      "saved or used. Check the task vectors and the merge parameters")
+
+
+def metric_problem(key: str, value: object) -> str | None:
+    """Why a metric value is unacceptable (not a number, non-finite, out of its range), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, list) and key not in METRIC_RULES:
+            bad = [v for v in value if not math.isfinite(float(v))]
+            return f"metric {key!r} has non-finite values" if bad else None
+        return f"metric {key!r} is {type(value).__name__}, expected a number"
+    rule = METRIC_RULES.get(key, FINITE)
+    low, high = RANGES[rule]
+    number = float(value)
+    inside = low < number <= high if rule == COUNT else low <= number <= high
+    if not math.isfinite(number) or not inside:
+        return f"metric {key!r} = {number} is not {rule}"
+    return None
+
+
+def check_metrics(reply: Message, message_type: str) -> str | None:
+    """Why a train or evaluate reply's metrics are invalid (missing, not numbers, out of range), or None."""
+    required = REQUIRED_METRICS.get(message_type, ())
+    records = reply.content.metric_records
+    if protocol.METRICS not in records:
+        return f"no {protocol.METRICS!r} record (expected {list(required)})" if required else None
+    metrics = records[protocol.METRICS]
+    missing = [k for k in required if k not in metrics]
+    if missing:
+        return f"metric(s) {missing} missing"
+    return next((p for k, v in metrics.items() if (p := metric_problem(k, v)) is not None), None)
 
 
 class TaskFailureError(RuntimeError):
@@ -64,23 +132,45 @@ def reply_node(reply: Message, sent: Iterable[Message] = ()) -> int:
     return by_id.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
-def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], phase: str,
-                    sent: Iterable[Message] = ()) -> Replies:
-    """Map replies to task names; list the tasks that failed or did not answer.
+def reply_problem(reply: Message, node: int, task: str, message_type: str | None) -> str | None:
+    """Why a (non-error) reply from ``node``, which holds ``task``, is invalid, or None."""
+    claimed = protocol.reply_task(reply)
+    if claimed is None:
+        return f"invalid reply from node {node}: field {protocol.TASK!r} missing"
+    if claimed != task:
+        return (f"invalid reply from node {node}: field {protocol.TASK!r} claims task {claimed!r}, but the "
+                f"handshake mapped this node to task {task!r}")
+    problem = check_metrics(reply, message_type) if message_type is not None else None
+    return None if problem is None else f"invalid reply from node {node}: {problem}"
 
-    Pass the messages that were ``sent`` (after sending, when they carry their ids) so that error
-    replies are mapped to the node they concern (see :func:`reply_node`).
+
+def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], phase: str,
+                    sent: Iterable[Message] = (), message_type: str | None = None) -> Replies:
+    """Map replies to task names; list the tasks that failed, did not answer or sent an invalid reply.
+
+    The task of a reply is the one the handshake mapped to the node that answered (``node_tasks``),
+    never what the reply claims (:func:`reply_problem`). Pass the messages that were ``sent`` (after
+    sending, when they carry their ids) so that error replies are mapped to the node they concern
+    (see :func:`reply_node`), and the ``message_type`` asked so that the metrics are checked
+    (:func:`check_metrics`).
     """
     sent = list(sent)
     valid: dict[str, Message] = {}
     problems: dict[str, str] = {}
     for reply in replies:
         node = reply_node(reply, sent)
-        task = protocol.reply_task(reply) or node_tasks.get(node)
+        task = node_tasks.get(node)
         if reply.has_error():
             problems[task or f"node {node}"] = f"error {reply.error.code}: {reply.error.reason.strip()}"
-        elif task is not None:
-            valid[task] = reply
+        elif task is None:
+            problems[f"node {node}"] = (f"reply from node {node}, which holds none of the tasks "
+                                        f"{sorted(node_tasks.values())}")
+        elif task not in problems and task not in valid:
+            problem = reply_problem(reply, node, task, message_type)
+            if problem is None:
+                valid[task] = reply
+            else:
+                problems[task] = problem
     for task in node_tasks.values():
         if task not in valid and task not in problems:
             problems[task] = "no reply within the round timeout"
@@ -91,7 +181,7 @@ def send_to_tasks(grid: Grid, node_tasks: Mapping[int, str], message_type: str,
                   build: Callable[[str], RecordDict], timeout: float, phase: str) -> Replies:
     messages = task_messages(node_tasks, message_type, build)
     replies = grid.send_and_receive(messages, timeout=timeout)
-    return collect_replies(replies, node_tasks, phase, messages)
+    return collect_replies(replies, node_tasks, phase, messages, message_type)
 
 
 def check_arrays(arrays: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str | None:
@@ -108,13 +198,19 @@ def check_arrays(arrays: Mapping[str, torch.Tensor], expected: Mapping[str, torc
     return None
 
 
-def received_task_vector(reply: Message) -> dict[str, torch.Tensor]:
+def received_task_vector(reply: Message,
+                         expected: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The task vector a train reply carries, decoded exactly as sent (:mod:`atmflow.transport`).
 
-    Raises :class:`atmflow.transport.TransportError` when the arrays do not decode.
+    With ``expected``, the transport spec must announce exactly these tensors with these shapes; this
+    is checked before any tensor is allocated. Raises :class:`atmflow.transport.TransportError` when
+    the arrays are missing or do not decode.
     """
+    if protocol.ARRAYS not in reply.content.array_records:
+        raise transport.TransportError(f"no {protocol.ARRAYS!r} record (the task vector) in the reply")
+    shapes = None if expected is None else {k: tuple(v.shape) for k, v in expected.items()}
     arrays = reply.content.array_records[protocol.ARRAYS].to_torch_state_dict()
-    return transport.decode(arrays, protocol.transport_spec(reply))
+    return transport.decode(arrays, protocol.transport_spec(reply), shapes)
 
 
 def evaluate_on_tasks(grid: Grid, node_tasks: Mapping[int, str], arrays: ArrayRecord, split: str,

@@ -26,7 +26,7 @@ from atmflow.files import atomic_save_tensors
 from atmflow.merging import load_checkpoint as load_weights_file
 from atmflow.merging.task_vectors import StateDict
 from atmflow.models.family import get_family
-from atmflow.rounds.exchange import GridEvaluator, send_to_tasks
+from atmflow.rounds.exchange import GridEvaluator, require_finite, send_to_tasks
 from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy
 from atmflow.server.checkpoint import load_checkpoint, save_checkpoint
 from atmflow.server.nodes import discover_and_evaluate, discover_task_nodes
@@ -67,7 +67,9 @@ def load_start_checkpoint(path: str, pretrained: StateDict, expected: StateDict)
     if missing or wrong:
         raise ValueError(f"init-checkpoint {path} does not fit the model: "
                          f"missing {missing[:3]}, wrong shape {wrong[:3]}")
-    return {**pretrained, **{k: weights[k].to(expected[k].dtype) for k in expected}}
+    start = {**pretrained, **{k: weights[k].to(expected[k].dtype) for k in expected}}
+    require_finite(start, f"init-checkpoint {path}")
+    return start
 
 
 def ph_atm_start(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pretrained: StateDict,
@@ -116,7 +118,9 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
         results.rounds.append(record)
         results.wall_s = time.perf_counter() - started
         state = {"config": config, "results": results.to_json()}
-        save_checkpoint(out, record.round, merged.to_torch_state_dict(), state)
+        weights = merged.to_torch_state_dict()
+        require_finite(weights, f"round {record.round}: the model to checkpoint")
+        save_checkpoint(out, record.round, weights, state)
 
     done = len(results.rounds)
     final = start
@@ -135,8 +139,9 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
         log(INFO, "individual fine-tuning: average test accuracy %.3f", avg_accuracy(results.individual))
 
     results.wall_s = time.perf_counter() - started
+    require_finite(final, "the final model")
+    atomic_save_tensors(final, out / "final_encoder.safetensors")  # before the results that point at it
     results.write(out)
-    atomic_save_tensors(final, out / "final_encoder.safetensors")
     log(INFO, "results written to %s", out.resolve())
     print(results.report(), flush=True)
     return results

@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from logging import INFO, WARNING
 
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from atmflow import protocol
-from atmflow.rounds.exchange import evaluate_on_tasks, reply_node, task_messages, task_scores
+from atmflow.rounds.exchange import collect_replies, evaluate_on_tasks, reply_node, task_messages, task_scores
 
 
 def wait_for_nodes(grid: Grid, count: int, wait_s: float) -> list[int]:
@@ -108,7 +108,8 @@ def discover_and_evaluate(grid: Grid, tasks: tuple[str, ...], wait_s: float, tim
 
     In a deployment each exchange costs seconds (a new ClientApp process per message), so a fresh
     run's handshake carries the pretrained weights. The scores are those of
-    :func:`~atmflow.rounds.exchange.evaluate_on_tasks` (same client code). If a node fails and its
+    :func:`~atmflow.rounds.exchange.evaluate_on_tasks` (same client code), checked the same way (an
+    invalid evaluate reply follows ``on-missing-task``). If a node fails and its
     task is left without an answer, this falls back to the two separate exchanges, so that the
     failure is named by task and handled by the ``on-missing-task`` policy exactly as without the
     shortcut.
@@ -120,5 +121,6 @@ def discover_and_evaluate(grid: Grid, tasks: tuple[str, ...], wait_s: float, tim
         node_tasks = discover_task_nodes(grid, tasks, wait_s, timeout)
         return node_tasks, evaluate_on_tasks(grid, node_tasks, arrays, split, timeout, phase, policy)
     node_tasks = _log_nodes(check_task_nodes(tasks, claimed, failed))
-    by_task = {protocol.reply_task(r): r for r in replies}
-    return node_tasks, {task: task_scores(by_task[task]) for task in sorted(node_tasks.values())}
+    answered = collect_replies([r for r in replies if reply_node(r, sent) in node_tasks], node_tasks, phase, sent,
+                               MessageType.EVALUATE).enforce(policy)
+    return node_tasks, {task: task_scores(reply) for task, reply in sorted(answered.valid.items())}

@@ -1,9 +1,10 @@
 """Shared plumbing of every task-vector strategy (driven by Flower's ``Strategy.start`` loop).
 
 Per round: send the current base to every task node (train); collect one task vector per task,
-rejecting replies whose arrays do not fit the model (wrong tensors, shapes, dtypes, NaN / inf);
+rejecting invalid replies (another task than the node's, missing or out-of-range metrics, arrays that
+do not fit the model: wrong tensors, shapes, dtypes, NaN / inf; :mod:`atmflow.rounds.exchange`);
 apply the ``on-missing-task`` policy; ``merge`` the task vectors into the next base (the
-subclass's rule); then every task node tests the merged model on its test split. Each round is
+subclass's rule), checked finite; then every task node tests the merged model on its test split. Each round is
 recorded as a :class:`RoundRecord` (scores, task-vector geometry, bytes, wall time) and handed to
 ``on_round_end`` (the experiment checkpoints there).
 """
@@ -29,6 +30,8 @@ from atmflow.rounds.exchange import (
     check_arrays,
     collect_replies,
     received_task_vector,
+    reply_node,
+    require_finite,
     task_messages,
     task_scores,
 )
@@ -92,23 +95,23 @@ class TaskVectorStrategy(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = self.absolute_round(server_round)
-        collected = collect_replies(replies, self.node_tasks, f"round {round_} train", self._sent)
+        collected = collect_replies(replies, self.node_tasks, f"round {round_} train", self._sent, MessageType.TRAIN)
         inputs = RoundInputs(round_, {}, {}, {})
         sizes: dict[str, int] = {}
         train: dict[str, dict[str, float]] = {}
         for task, reply in sorted(collected.valid.items()):
             records = reply.content.array_records
             try:
-                vector = received_task_vector(reply)
+                vector = received_task_vector(reply, self.expected)
             except TransportError as err:
-                collected.problems[task] = f"invalid reply: {err}"
+                collected.problems[task] = f"invalid reply from node {reply_node(reply, self._sent)}: {err}"
                 continue
             grads = records[protocol.GRADS].to_torch_state_dict() if protocol.GRADS in records else {}
             problem = check_arrays(vector, self.expected)
             if problem is None and self.plan.instructions.tatr_exemplars:
                 problem = check_arrays(grads, self.expected) if grads else "no gradient estimate in the reply"
             if problem is not None:
-                collected.problems[task] = f"invalid reply: {problem}"
+                collected.problems[task] = f"invalid reply from node {reply_node(reply, self._sent)}: {problem}"
                 continue
             inputs.vectors[task] = vector
             if grads:
@@ -119,6 +122,7 @@ class TaskVectorStrategy(Strategy):
         collected.valid = {t: r for t, r in collected.valid.items() if t in inputs.vectors}
         collected.enforce(self.policy)
         merged = self.merge(self._base, inputs)
+        require_finite(merged, f"round {round_}: the merged model ({self.merge_step.method})")
         self._pending = RoundRecord(
             round=round_, tasks={}, avg_accuracy=0.0, wall_s=0.0, bytes_up=sum(sizes.values()),
             bytes_up_per_task=sizes, train=train, geometry=task_vector_geometry(inputs.vectors),
@@ -143,7 +147,7 @@ class TaskVectorStrategy(Strategy):
         record = self._pending
         assert record is not None and self._merged is not None
         collected = collect_replies(replies, self.node_tasks, f"round {record.round} evaluate",
-                                    self._sent).enforce(self.policy)
+                                    self._sent, MessageType.EVALUATE).enforce(self.policy)
         record.tasks = {t: task_scores(r) for t, r in sorted(collected.valid.items())}
         record.avg_accuracy = avg_accuracy(record.tasks)
         record.wall_s = time.perf_counter() - self._started
