@@ -4,10 +4,17 @@ The Flower run config (``[tool.flwr.app.config]`` in ``pyproject.toml`` plus ``-
 overrides) is a flat mapping with kebab-case keys. :func:`load_config` turns it into a
 :class:`RunConfig` before any work starts; an unknown key or a bad value raises
 :class:`ConfigError` naming the key and what is allowed.
+
+Nothing in a config is trusted: every float key must be finite (``inf`` / ``nan`` are refused, naming
+the key), a value of the wrong type is a ConfigError naming its key (never a raw ``TypeError``),
+``run-name`` is a plain folder name (no path separators, not ``.`` or ``..``: results stay inside
+``output-dir``), and ``tatr-exemplars`` is 0 (zero-shot) or at least :data:`MIN_TATR_EXEMPLARS`
+(the mean gradient over a few examples reveals them; docs/config.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,11 +35,24 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
+MIN_TATR_EXEMPLARS = 16  # tatr-exemplars: 0 (zero-shot) or at least this many (privacy floor, docs/config.md)
+
+
 def _float_list(value: Any) -> tuple[float, ...]:
-    """Accept "0.1,0.2", a list, or an empty string (no grid)."""
+    """Accept "0.1,0.2", a list, or an empty string (no grid); every entry a finite number."""
     if isinstance(value, str):
-        return tuple(float(v) for v in value.split(",") if v.strip())
-    return tuple(float(v) for v in value)
+        items: list[Any] = [v for v in value.split(",") if v.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError("expected comma-separated numbers such as \"0.1,0.5\"")
+    try:
+        numbers = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected comma-separated numbers, got {value!r}") from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"every number must be finite, got {value!r}")
+    return numbers
 
 
 def setting(default: Any = ..., *, client: bool = False, outcome: bool = True, resumable: bool = False,
@@ -67,7 +87,8 @@ class RunConfig(BaseModel):
     (the papers' 1e-5 is for CLIP ViT-B/16).
     """
 
-    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True,
+                              allow_inf_nan=False)
 
     # What runs. strategy shorthands: ta = oneshot + ta; pa-atm = atm from the pretrained model;
     # ph-atm = atm from the TA-merged model, fine-tuning on the validation splits.
@@ -94,12 +115,14 @@ class RunConfig(BaseModel):
     merge_lambda: float = Field(0.0, ge=0)
     lambda_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     merge_params: dict[str, float | int] = Field(default_factory=dict, exclude=True)  # {run-config key: value}
-    tatr_exemplars: int = Field(128, ge=0)  # 0: zero-shot TATR (|tau| as the gradient estimate)
+    tatr_exemplars: int = Field(128, ge=0)  # 0: zero-shot TATR (|tau| as the gradient estimate); else >= 16
     aggregation: Literal["uniform", "examples"] = "uniform"
 
     # Robustness and restarts
     on_missing_task: Literal["fail", "skip"] = "fail"
     resume: bool = setting(False, outcome=False, resumable=True)
+    # resume = true and no checkpoint in the run folder: "fail" (a clear error) or "start" (a fresh run)
+    resume_missing: Literal["fail", "start"] = setting("fail", outcome=False, resumable=True)
     # clients cache task vectors here (same base + instructions -> no retraining)
     cache_dir: str = setting("", outcome=False)
 
@@ -153,6 +176,8 @@ class RunConfig(BaseModel):
     @field_validator("tasks", mode="before")
     @classmethod
     def _split_tasks(cls, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, str | list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError('expected comma-separated task names such as "mnist,digits"')
         names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
         names = [n for n in names if n]
         unknown = [n for n in names if n not in TASK_REGISTRY]
@@ -220,6 +245,22 @@ class RunConfig(BaseModel):
     def _known_merge(cls, value: str) -> str:
         if value and value not in METHODS:
             raise ValueError(unknown_method_message(value))
+        return value
+
+    @field_validator("run_name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if value in (".", ".."):
+            raise ValueError("must be a plain folder name (letters, digits, '.', '_', '-'), not '.' or '..': "
+                             "results go to <output-dir>/<run-name>/")
+        return value
+
+    @field_validator("tatr_exemplars")
+    @classmethod
+    def _exemplar_floor(cls, value: int) -> int:
+        if 0 < value < MIN_TATR_EXEMPLARS:
+            raise ValueError(f"must be 0 (zero-shot TATR) or at least {MIN_TATR_EXEMPLARS}: a mean gradient over "
+                             "fewer examples reveals them to the server (docs/config.md, tatr-exemplars)")
         return value
 
     @field_validator("train_size", "test_size")

@@ -1,5 +1,8 @@
 """One run, start to finish: config -> task nodes -> strategy -> per-task evaluation -> report.
 
+0. before asking any node for work: the output folder is writable, ``init-checkpoint`` loads, fits
+   the model and is finite, and ``resume = true`` finds a checkpoint (else it fails, unless
+   ``resume-missing = "start"``);
 1. find which node holds which task (handshake);
 2. round 0: every task tests the pretrained encoder on its test split;
 3. PH-ATM only: build the starting model (one-shot TA, or a merged checkpoint file);
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from logging import INFO
 from pathlib import Path
@@ -60,8 +64,15 @@ def individual_scores(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pr
 
 
 def load_start_checkpoint(path: str, pretrained: StateDict, expected: StateDict) -> StateDict:
-    """PH-ATM's start from a file: the fine-tuned tensors must all be there with the right shapes."""
-    weights = load_weights_file(path)
+    """PH-ATM's start from a file: it loads, the fine-tuned tensors are all there with the right shapes, and
+    every value is finite (checked before the handshake)."""
+    if not Path(path).is_file():
+        raise ValueError(f"init-checkpoint {path} does not exist; give the path of a merged encoder "
+                         "(e.g. <output-dir>/<run-name>/final_encoder.safetensors)")
+    try:
+        weights = load_weights_file(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message, naming the key
+        raise ValueError(f"init-checkpoint {path} does not load as a checkpoint ({err})") from None
     missing = [k for k in expected if k not in weights]
     wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
     if missing or wrong:
@@ -72,12 +83,31 @@ def load_start_checkpoint(path: str, pretrained: StateDict, expected: StateDict)
     return start
 
 
+def check_output_folder(out: Path) -> None:
+    """The run folder exists or can be made, and a file can be written in it (before any node works)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise RuntimeError(f"cannot write results to {out} ({err}); choose another output-dir or run-name, "
+                           "or fix the folder's permissions") from None
+
+
+def check_resumable(out: Path, cfg: RunConfig, saved: object) -> None:
+    """``resume = true`` with no checkpoint in the run folder fails unless ``resume-missing = "start"``."""
+    if cfg.resume and saved is None and cfg.resume_missing == "fail":
+        raise RuntimeError(f"resume = true, but {out} holds no checkpoint.json to resume from; check output-dir "
+                           "and run-name, or set resume-missing = \"start\" to start a fresh run there")
+
+
 def ph_atm_start(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pretrained: StateDict,
-                 expected: StateDict) -> tuple[StateDict, RoundRecord]:
-    """PH-ATM's starting model: the merged checkpoint file, or one-shot TA built here (paper 001, Sec. 3)."""
+                 start_file: StateDict | None, expected: StateDict) -> tuple[StateDict, RoundRecord]:
+    """PH-ATM's starting model: the merged checkpoint file (``start_file``, loaded and checked before the
+    handshake), or one-shot TA built here (paper 001, Sec. 3)."""
     evaluator = GridEvaluator(grid, node_tasks, cfg.round_timeout, cfg.on_missing_task)
-    if cfg.init_checkpoint:
-        start = load_start_checkpoint(cfg.init_checkpoint, pretrained, expected)
+    if start_file is not None:
+        start = start_file
         scores = evaluator(start, "test", "start model evaluation")
         return start, RoundRecord(0, scores, avg_accuracy(scores), 0.0, 0, {}, {},
                                   extra={"merge": "checkpoint", "path": cfg.init_checkpoint})
@@ -96,7 +126,11 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
     pretrained = encoder.state_dict()
     expected = {k: pretrained[k] for k in family.trainable_keys(encoder)}
 
+    check_output_folder(out)
     saved = load_checkpoint(out, config) if cfg.resume else None
+    check_resumable(out, cfg, saved)
+    start_file = (load_start_checkpoint(cfg.init_checkpoint, pretrained, expected)
+                  if cfg.init_checkpoint and saved is None else None)
     if saved is not None:
         node_tasks = discover_task_nodes(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout)
         state, start = saved
@@ -110,7 +144,8 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
         results = RunResults(cfg.strategy, cfg.label, config, base_scores, [])
         start = pretrained
         if cfg.ph_atm:
-            start, results.init = ph_atm_start(grid, cfg, node_tasks, pretrained, expected)
+            start, results.init = ph_atm_start(grid, cfg, node_tasks, pretrained, start_file,
+                                                 expected)
             if has_finetuned_scores(results.init.train):
                 results.individual = finetuned_scores(results.init.train)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from atmflow.data.glue import GLUE_TASKS
+from atmflow.files import atomic_write_text
 from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy, normalized_accuracy
 
 METRIC_NAMES = {"accuracy": "accuracy", "matthews": "Matthews correlation", "f1": "F1"}
@@ -135,8 +136,8 @@ class RunResults:
 
     def write(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "results.json").write_text(json.dumps(self.to_json(), indent=2))
-        (folder / "report.md").write_text(self.report())
+        atomic_write_text(folder / "results.json", json.dumps(self.to_json(), indent=2))
+        atomic_write_text(folder / "report.md", self.report())
         self.plot(folder / "accuracy.png")
 
     def plot(self, path: Path) -> None:

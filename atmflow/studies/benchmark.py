@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from atmflow.files import atomic_write_text
 from atmflow.studies import STUDIES, run_study
 from atmflow.studies.methods import ONESHOT
 
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         elif r.task == "avg" and r.metric != "accuracy":
             row[r.metric] = r.value
     text = (outcome.out / "report.md").read_text()
-    (out / "benchmark.json").write_text(json.dumps(per_seed, indent=2))
-    (out / "benchmark.md").write_text(text)
+    atomic_write_text(out / "benchmark.json", json.dumps(per_seed, indent=2))
+    atomic_write_text(out / "benchmark.md", text)
     print(text)
     return 0
 

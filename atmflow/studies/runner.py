@@ -4,8 +4,11 @@ A study declares its runs (:class:`RunSpec`: a row label, a setting label, a see
 overrides). Each run lives in ``<runs-dir>/<hash>/`` where the hash is a SHA-256 of the run's
 resolved config (without the keys that do not change what it computes: output folder, run name,
 cache folder, threads, timeouts); the folder holds ``run.json`` (the study's spec and the resolved
-config) and ``results.json``. A run whose ``results.json`` exists is never run again; an
-interrupted ATM run resumes from its last checkpoint (``resume = true``). Fine-tuning is shared
+config) and ``results.json``. A run whose ``results.json`` is complete (it parses and, for an
+experiment, has its ``final`` summary: :func:`run_complete`) is never run again; a truncated or
+partial one is computed again, and an interrupted ATM run resumes from its last checkpoint
+(``resume = true``, ``resume-missing = "start"``; a checkpoint whose weights were deleted is
+dropped). Every file the runner writes is written atomically (:mod:`atmflow.files`). Fine-tuning is shared
 through the clients' cache (``cache-dir``): one-shot methods at one budget fine-tune once.
 
 Every measured number goes into ``results.csv`` as one row: study, setting, method, seed, task,
@@ -17,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import statistics
 import time
@@ -30,7 +34,9 @@ from typing import Any
 from tqdm import tqdm
 
 from atmflow.config import keys_with_role, load_config
+from atmflow.files import atomic_write_text
 
+log = logging.getLogger(__name__)
 PRETRAINED, INDIVIDUAL = "pretrained", "individual"
 
 
@@ -92,6 +98,31 @@ class Settings:
     probes: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = field(default_factory=dict)
 
 
+def run_complete(folder: Path, kind: str) -> bool:
+    """Whether ``folder/results.json`` parses as a JSON object and, for an experiment, is a finished run
+    (has ``final``). A file cut short by a crash or a full disk is not complete."""
+    try:
+        results = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and (kind != "experiment" or "final" in results)
+
+
+def _discard_incomplete(folder: Path) -> None:
+    """Remove a results.json that is not complete, and a checkpoint whose weights file is gone."""
+    done = folder / "results.json"
+    if done.exists():
+        log.warning("%s is incomplete or unreadable; computing the run again", done)
+        done.unlink()
+    state = folder / "checkpoint.json"
+    try:
+        weights = json.loads(state.read_text()).get("weights", "")
+    except (OSError, ValueError, AttributeError):
+        weights = ""
+    if state.exists() and not (weights and (folder / weights).is_file()):
+        state.unlink()
+
+
 def _claim(folder: Path) -> bool:
     """Take the run folder's ``lock`` (this process's id); False while another live process holds it."""
     lock = folder / "lock"
@@ -120,14 +151,14 @@ def execute(spec: RunSpec, settings: Settings, poll_s: float = 10.0) -> Path:
     key = spec.key()
     folder = settings.runs / key
     folder.mkdir(parents=True, exist_ok=True)
-    done = folder / "results.json"
-    while not done.is_file():
+    while not run_complete(folder, spec.kind):
         if _claim(folder):
             try:
-                if not done.is_file():  # another process may have finished just before we took the lock
+                if not run_complete(folder, spec.kind):  # another process may have finished before we took the lock
+                    _discard_incomplete(folder)
                     _compute(spec, settings, folder)
-                if not done.is_file():
-                    raise RuntimeError(f"run {folder} finished without writing results.json")
+                if not run_complete(folder, spec.kind):
+                    raise RuntimeError(f"run {folder} finished without writing a complete results.json")
             finally:
                 (folder / "lock").unlink(missing_ok=True)
         else:
@@ -138,9 +169,9 @@ def execute(spec: RunSpec, settings: Settings, poll_s: float = 10.0) -> Path:
 def _compute(spec: RunSpec, settings: Settings, folder: Path) -> None:
     key = folder.name
     overrides = {**spec.overrides, "seed": spec.seed, "output-dir": str(settings.runs), "run-name": key,
-                 "cache-dir": str(settings.cache), "resume": True}
-    (folder / "run.json").write_text(json.dumps({"kind": spec.kind, "picks": [p.__dict__ for p in spec.picks],
-                                                 "config": load_config(overrides).to_run_config()}, indent=2))
+                 "cache-dir": str(settings.cache), "resume": True, "resume-missing": "start"}
+    atomic_write_text(folder / "run.json", json.dumps({"kind": spec.kind, "picks": [p.__dict__ for p in spec.picks],
+                                                       "config": load_config(overrides).to_run_config()}, indent=2))
     if spec.kind == "experiment":
         from atmflow.sim.local import run_inprocess
 
@@ -150,7 +181,7 @@ def _compute(spec: RunSpec, settings: Settings, folder: Path) -> None:
         if probe is None:
             raise ValueError(f"run kind {spec.kind!r} has no probe; known: experiment, {sorted(settings.probes)}")
         result = probe(overrides, folder)
-        (folder / "results.json").write_text(json.dumps(result, indent=2))
+        atomic_write_text(folder / "results.json", json.dumps(result, indent=2))
     if not settings.keep_weights:
         for weights in folder.glob("*.safetensors"):
             weights.unlink()
@@ -164,7 +195,7 @@ def run_all(specs: Sequence[RunSpec], settings: Settings, label: str) -> tuple[d
     Returns ``{run key: folder}`` and how many runs were computed.
     """
     unique = list({s.key(): s for s in specs}.values())
-    todo = [s for s in unique if not (settings.runs / s.key() / "results.json").is_file()]
+    todo = [s for s in unique if not run_complete(settings.runs / s.key(), s.kind)]
     chains: dict[int, list[RunSpec]] = defaultdict(list)
     for spec in todo:
         chains[spec.seed].append(spec)

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from atmflow.config import ConfigError
+from atmflow.files import atomic_write_text
 from atmflow.studies.runner import Row, RunSpec, Settings, experiment_rows, load_results, run_all, write_csv
 from atmflow.studies.tables import Table, mean_sd
 
@@ -136,5 +137,5 @@ def run_study(study: Study, *, seeds: Sequence[int], root: Path, out: Path | Non
         f"{computed} computed by this invocation, {time.perf_counter() - started:.0f} s."
         + (f" Command: `{command}`." if command else ""), "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))
     return Outcome(out, len(folders), computed, rows)

@@ -44,7 +44,7 @@ def _final(out: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("merge", method_names())
 def test_oneshot_with_every_operator(tiny: dict[str, Any], shared_cache: str, merge: str) -> None:
     run_inprocess({**tiny, "run-name": "oneshot", "strategy": "oneshot", "merge": merge, "budget-epochs": 1,
-                   "lambda-grid": "0.3,1.0", "tatr-exemplars": 8, "cache-dir": shared_cache})
+                   "lambda-grid": "0.3,1.0", "tatr-exemplars": 16, "cache-dir": shared_cache})
     out = _load(Path(tiny["output-dir"]) / "oneshot")
     (record,) = out["rounds"]
     assert out["label"] == METHODS[merge].display_name()
@@ -63,7 +63,7 @@ def test_oneshot_with_every_operator(tiny: dict[str, Any], shared_cache: str, me
 
 # Every rule's run-config key at a value other than its default, and merge-lambda (every scale).
 ATM_PARAMS = {"merge-lambda": 0.7, "ties-k": 0.3, "breadcrumbs-beta": 0.5, "breadcrumbs-gamma": 0.99, "dare-p": 0.5,
-              "merge-seed": 3, "tatr-trust-fraction": 0.05, "tatr-exemplars": 4}
+              "merge-seed": 3, "tatr-trust-fraction": 0.05, "tatr-exemplars": 16}
 
 
 def atm_reference(merge: str, call: MergeCall) -> dict[str, torch.Tensor]:

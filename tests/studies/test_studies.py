@@ -69,7 +69,7 @@ def test_compare_reports_differences_within_the_spread() -> None:
 # A tiny subset: 2 tasks, 60 training images, budgets of 1-2 epochs, 2 lambdas; the studies share one
 # root, so runs with the same config (TA at 2 epochs, PA-ATM 2 x 1) are computed once.
 RUN_CONFIG = ("train-size=60 test-size=20 image-size=32 tasks='mnist,digits' lambda-grid='0.5,1.0' "
-              "tatr-exemplars=4 node-wait-s=5.0")
+              "tatr-exemplars=16 node-wait-s=5.0")
 OPTIONS = {
     "budget-distribution": "distributions='1x2,2x1'",
     "budget": "budgets='1,2' methods='TA,TATR'",
