@@ -7,8 +7,11 @@ listed in the report: non-floating-point tensors (integer buffers such as BatchN
 excluded ones (frozen parameters such as per-task classification heads).
 
 Every fine-tuned file must hold exactly the base's tensors, with the same shapes and dtypes; each
-gradient file (TATR) must hold every merged tensor with its shape, in floating point. Errors name the
-file and the tensor and come before any computation. The merged model is written to a temporary file
+gradient file (TATR) must hold every merged tensor with its shape, in floating point. Every merged
+tensor of every input and the merged model must be finite (NaN or inf anywhere would spread through
+every sum; ``allow_non_finite`` lifts this), and ``out`` must not be one of the inputs (compared
+after resolving links and relative paths). Errors name the file and the tensor and come before any
+computation (the merged model's check before anything is written). The merged model is written to a temporary file
 in the output's folder, then renamed: a failed merge leaves nothing behind.
 """
 
@@ -42,7 +45,7 @@ class MergeReport:
 
 def merge_checkpoints(method: str, base: str | Path, finetuned: Sequence[str | Path], out: str | Path, *,
                       grads: Sequence[str | Path] | None = None, exclude: Sequence[str] = (),
-                      **params: float) -> MergeReport:
+                      allow_non_finite: bool = False, **params: float) -> MergeReport:
     """Merge the fine-tuned checkpoints ``finetuned`` of ``base`` with ``method`` into the file ``out``.
 
     Files are ``.safetensors`` (read one tensor at a time) or PyTorch state dicts; ``out`` is written
@@ -54,6 +57,7 @@ def merge_checkpoints(method: str, base: str | Path, finetuned: Sequence[str | P
     out = Path(out)
     if not out.parent.is_dir():
         raise ValueError(f"{out}: the folder {out.parent} does not exist")
+    _check_out_is_no_input(out, [base, *finetuned, *(grads or [])])
     if grads is not None and len(grads) != len(finetuned):
         raise ValueError(f"{len(grads)} gradient files for {len(finetuned)} fine-tuned checkpoints; "
                          "one per task needed")
@@ -73,10 +77,32 @@ def merge_checkpoints(method: str, base: str | Path, finetuned: Sequence[str | P
         grad_sds = [load_checkpoint(path) for path in grads]
         for path, sd in zip(grads, grad_sds, strict=True):
             _check_gradients(tensor_info(sd), info, names, path)
+    if not allow_non_finite:
+        for path, sd in [(base, base_sd), *zip(finetuned, checkpoints, strict=True),
+                         *zip(grads or [], grad_sds or [], strict=True)]:
+            _check_finite(sd, names, path)
     state = merge(method, base_sd, [LazyTaskVector(sd, base_sd, names) for sd in checkpoints], grads=grad_sds,
                   **params)
+    if not allow_non_finite:
+        _check_finite(state, names, f"{out} (the merged model, not written)")
     _write_atomically(state, out, {"atmflow.method": method, "atmflow.params": json.dumps(rule.values())})
     return MergeReport(method, rule.values(), names, sum(math.prod(info[k].shape) for k in names), not_float, excluded)
+
+
+def _check_out_is_no_input(out: Path, inputs: Sequence[str | Path]) -> None:
+    """Refuse an output path that is one of the inputs (it would be overwritten while it is read)."""
+    target = out.resolve()
+    same = [str(p) for p in inputs if Path(p).resolve() == target]
+    if same:
+        raise ValueError(f"--out {out} is also an input ({same[0]}); write the merged model to a new file")
+
+
+def _check_finite(sd: Mapping[str, torch.Tensor], names: Sequence[str], path: str | Path) -> None:
+    """Every tensor of ``names`` in ``sd`` is finite; else a ValueError naming the file and the tensor."""
+    for name in names:
+        if name in sd and not bool(torch.isfinite(sd[name]).all()):
+            raise ValueError(f"{path}: tensor {name!r} has non-finite values (NaN or inf); fix the file, or pass "
+                             "--allow-non-finite to merge it anyway")
 
 
 def _compile(patterns: Sequence[str]) -> list[re.Pattern[str]]:

@@ -5,7 +5,10 @@ hold exactly the base's tensors with the same shapes and dtypes. Tensors that ar
 (e.g. BatchNorm's num_batches_tracked) and floating-point tensors whose name matches an --exclude
 REGEX (frozen parameters such as classification heads) are copied from the base unchanged and
 listed. TATR without --grads is zero-shot (|tau_j| estimates the gradient, paper 003 Eq. 7).
-The output is written to a temporary file and renamed: nothing is written if the merge fails.
+Inputs and the merged model must be finite (NaN / inf refused, naming the file and tensor, unless
+--allow-non-finite), --out must not be one of the inputs, and every parameter is checked by its rule
+(the same check as the run config's key). The output is written to a temporary file and renamed:
+nothing is written, and no temporary file is left, if the merge fails.
 
 The methods and their options come from :mod:`atmflow.merging.registry` (one option per parameter
 name; a new rule's parameters appear here by themselves). This module does not import torch until a
@@ -67,6 +70,8 @@ def add_merge_command(sub: Any) -> None:
                    help="TATR: per-task gradient estimates E|grad L_t| at the base, in --finetuned's order")
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="copy floating-point tensors whose name matches REGEX from the base (repeatable)")
+    p.add_argument("--allow-non-finite", action="store_true",
+                   help="merge even if an input or the result holds NaN or inf (refused by default)")
     for name, declared in parameter_options().items():
         kind = int if isinstance(declared.default, int) else float
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=argparse.SUPPRESS,
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     params = {name: getattr(args, name) for name in parameter_options() if hasattr(args, name)}
     try:
         report = merge_checkpoints(args.method, args.base, args.finetuned, args.out, grads=args.grads,
-                                   exclude=args.exclude, **params)
+                                   exclude=args.exclude, allow_non_finite=args.allow_non_finite, **params)
     except (ValueError, OSError) as err:
         print(f"atmflow merge: error: {err}", file=sys.stderr)
         return 2

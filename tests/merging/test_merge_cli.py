@@ -210,3 +210,39 @@ def test_building_the_cli_does_not_import_torch() -> None:
     code = ("import sys\nfrom atmflow.cli import main\ntry:\n    main(['merge'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("extra", [["--lam", "nan"], ["--lam", "inf"]])
+def test_non_finite_parameters_are_refused(files: Files, extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run_merge(files, "ta", *extra)
+    assert rc == 2 and "lam=" in capsys.readouterr().err and not out.exists()
+
+
+def test_k_zero_is_refused(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run_merge(files, "ties", "--k", "0")
+    assert rc == 2 and "k=0" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("which", ["base", "finetuned"])
+def test_non_finite_inputs_are_refused_unless_allowed(files: Files, which: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    state = dict(files.base if which == "base" else files.tuned[1])
+    state["enc.w"] = state["enc.w"].clone().index_fill_(0, torch.tensor([2]), float("nan"))
+    path = files.base_path if which == "base" else files.paths[1]
+    save_file(state, path)
+    rc, out = run_merge(files, "ta")
+    err = capsys.readouterr().err
+    assert rc == 2 and "tensor 'enc.w' has non-finite values" in err and Path(path).name in err and not out.exists()
+    assert not list(out.parent.glob(".*.tmp"))  # no temporary file left behind
+    rc, out = run_merge(files, "ta", "--allow-non-finite")
+    assert rc == 0 and torch.isnan(load_file(str(out))["enc.w"]).any()
+
+
+def test_out_may_not_be_an_input(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    before = Path(files.paths[0]).read_bytes()
+    relative = Path(files.paths[0]).relative_to(Path.cwd()) if Path(files.paths[0]).is_relative_to(Path.cwd()) \
+        else Path(files.paths[0])
+    rc = main(["merge", "--method", "ta", "--base", files.base_path, "--finetuned", *files.paths,
+               "--out", str(relative.parent / "." / relative.name)])
+    assert rc == 2 and "is also an input" in capsys.readouterr().err
+    assert Path(files.paths[0]).read_bytes() == before
