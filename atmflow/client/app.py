@@ -44,6 +44,16 @@ def node_task(context: Context, cfg: RunConfig) -> str:
     return cfg.tasks[pid]
 
 
+def foreign_task(context: Context) -> str | None:
+    """The task of this node's ``--node-config task`` when the run does not list it (else None). The
+    handshake reply names it, so that the server refuses the run with the node and the task, instead of
+    seeing an error reply it cannot tell from a crash."""
+    task = context.node_config.get(protocol.NODE_TASK)
+    if task is None:
+        return None
+    return None if str(task) in load_config(context.run_config).tasks else str(task)
+
+
 def node_data(context: Context, cfg: RunConfig, task: str) -> RunConfig:
     """The run config with this node's ``data-path`` (node config) as the task's data folder."""
     if protocol.NODE_DATA_PATH not in context.node_config:
@@ -77,6 +87,9 @@ def describe(msg: Message, context: Context) -> Message:
     so that a fresh run's handshake and round-0 evaluation cost one exchange. Either way the node loads its
     data, weights and head first, so that a missing data set or missing weights fail the handshake, before
     any training starts."""
+    foreign = foreign_task(context)
+    if foreign is not None:  # answer truthfully: the server refuses the run, naming this node and its task
+        return Message(content=protocol.describe_reply(foreign), reply_to=msg)
     if protocol.ARRAYS in msg.content.array_records:
         return evaluate_model(msg, context)
     _, task, _ = _setup(context)

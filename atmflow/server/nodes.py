@@ -58,10 +58,11 @@ def check_task_nodes(tasks: tuple[str, ...], claimed: dict[str, list[int]], fail
         raise RuntimeError(f"handshake: several nodes claim the same task ({detail}). Each task's data must be "
                            "on exactly one SuperNode: stop the duplicate SuperNode or give it another "
                            "--node-config task")
-    unknown = sorted(t for t in claimed if t not in tasks)
+    unknown = {t: sorted(n) for t, n in claimed.items() if t not in tasks}
     if unknown:
-        raise RuntimeError(f"handshake: node(s) hold task(s) {unknown} that the run does not list "
-                           f"(tasks = {list(tasks)}); fix the SuperNode's --node-config or the run's tasks")
+        detail = "; ".join(f"node(s) {n} hold task {t!r}" for t, n in sorted(unknown.items()))
+        raise RuntimeError(f"handshake: {detail}, which the run does not list (tasks = {list(tasks)}). Stop that "
+                           "SuperNode, fix its --node-config \"task='<name>'\", or add the task to the run's tasks")
     missing = [t for t in tasks if t not in claimed]
     if missing:
         errors = {n: why for n, why in failed.items() if why.startswith("error")}

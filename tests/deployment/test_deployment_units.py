@@ -27,7 +27,7 @@ from atmflow.rounds.exchange import (
     task_messages,
 )
 from atmflow.server.experiment import run_experiment
-from atmflow.server.nodes import check_task_nodes, discover_and_evaluate, node_claims
+from atmflow.server.nodes import check_task_nodes, discover_and_evaluate, discover_task_nodes, node_claims
 from atmflow.sim.inprocess import InProcessGrid
 
 SUPERLINK_NODE_ID = 1  # the source id of error replies written by the SuperLink itself
@@ -82,7 +82,7 @@ def test_handshake_refuses_a_configured_task_without_a_node() -> None:
     replies = [_reply(sent[0], 11, "mnist"), _reply(sent[1], 22, "fashion-mnist")]
     with pytest.raises(RuntimeError, match=r"no node holds task\(s\) \['digits'\]"):
         check_task_nodes(("mnist", "digits", "fashion-mnist"), *node_claims(replies, sent))
-    with pytest.raises(RuntimeError, match=r"hold task\(s\) \['fashion-mnist'\] that the run does not list"):
+    with pytest.raises(RuntimeError, match=r"node\(s\) \[22\] hold task 'fashion-mnist', which the run does not list"):
         check_task_nodes(("mnist",), *node_claims(replies, sent))
 
 
@@ -167,3 +167,21 @@ def test_a_node_failing_in_the_combined_handshake_falls_back_to_separate_exchang
     node_tasks, scores = discover_and_evaluate(grid, cfg.tasks, 5.0, 60.0, pretrained, "test", "pretrained", "fail")
     assert node_tasks == {100: "digits", 101: "mnist"} and sorted(scores) == ["digits", "mnist"]
     assert grid.exchanges == [protocol.DESCRIBE + "+arrays", protocol.DESCRIBE, MessageType.EVALUATE + "+arrays"]
+
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_a_node_holding_a_task_the_run_does_not_list_stops_the_handshake(tiny: dict[str, Any],
+                                                                           with_weights: bool) -> None:
+    """The real client's reply (through the in-process grid): the node names its task, and the server refuses
+    the run naming the node and the task, even though every listed task has a node."""
+    cfg = load_config({**tiny, "tasks": "mnist,digits"})
+    grid = InProcessGrid(client_app, cfg.to_run_config(), 3)
+    for node, task in zip(sorted(grid.contexts), ["mnist", "digits", "fashion-mnist"], strict=True):
+        grid.contexts[node].node_config = {"task": task}
+    match = r"node\(s\) \[102\] hold task 'fashion-mnist', which the run does not list"
+    with pytest.raises(RuntimeError, match=match):
+        if with_weights:  # a fresh run's handshake (carries the pretrained weights)
+            discover_and_evaluate(grid, cfg.tasks, 1.0, 60.0, ArrayRecord(pretrained_encoder().state_dict()), "test",
+                                  "pretrained evaluation", "fail")
+        else:
+            discover_task_nodes(grid, cfg.tasks, 1.0, 60.0)
