@@ -59,7 +59,14 @@ def individual_scores(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pr
     instructions = individual_instructions(cfg)
     replies = send_to_tasks(grid, node_tasks, MessageType.TRAIN,
                             lambda _: protocol.train_request(pretrained, instructions),
-                            cfg.round_timeout, "individual fine-tuning").enforce(cfg.on_missing_task)
+                            cfg.round_timeout, "individual fine-tuning")
+    for task, reply in sorted(replies.valid.items()):  # the scores this exchange asked for (evaluate-finetuned)
+        metrics = reply.content.metric_records[protocol.METRICS]
+        missing = [k for k in (protocol.FINETUNED_ACCURACY, protocol.FINETUNED_LOSS) if k not in metrics]
+        if missing:
+            replies.problems[task] = f"invalid reply: metric(s) {missing} missing"
+            del replies.valid[task]
+    replies.enforce(cfg.on_missing_task)
     return finetuned_scores({t: dict(r.content.metric_records[protocol.METRICS]) for t, r in replies.valid.items()})
 
 
