@@ -17,6 +17,7 @@ from atmflow import protocol
 from atmflow.client.app import app as client_app
 from atmflow.client.app import node_data
 from atmflow.config import load_config
+from atmflow.data.tasks import data_location
 from atmflow.deploy.loopback import GENERATE_CERTS, LoopbackDeployment, generate_certificates
 from atmflow.models.mobilenet import pretrained_encoder
 from atmflow.rounds.exchange import (
@@ -105,10 +106,16 @@ def _context(node_config: dict[str, str]) -> Context:
 def test_a_nodes_data_path_replaces_the_task_folder_and_is_refused_where_no_folder_is_read() -> None:
     cfg = load_config({})
     assert node_data(_context({"task": "fashion-mnist"}), cfg, "fashion-mnist") is cfg
-    moved = node_data(_context({"task": "fashion-mnist", "data-path": "/data/fm"}), cfg, "fashion-mnist")
-    assert moved.fashion_mnist_dir == "/data/fm" and cfg.fashion_mnist_dir != "/data/fm"
+    for key in ("data-path", "dataset-path"):
+        moved = node_data(_context({"task": "fashion-mnist", key: "/data/fm"}), cfg, "fashion-mnist")
+        assert data_location("fashion-mnist", moved).source == "/data/fm"
+        assert data_location("fashion-mnist", cfg).source != "/data/fm"
+    cars = node_data(_context({"task": "cars", "dataset-path": "/data/cars"}), cfg, "cars")
+    assert data_location("cars", cars).source == "/data/cars"
     with pytest.raises(ValueError, match="task 'mnist' reads its data from an installed Python package"):
         node_data(_context({"task": "mnist", "data-path": "/data"}), cfg, "mnist")
+    with pytest.raises(ValueError, match="both dataset-path and data-path"):
+        node_data(_context({"task": "cars", "data-path": "/a", "dataset-path": "/b"}), cfg, "cars")
 
 
 def test_supernode_authentication_needs_tls(tmp_path: Path) -> None:
