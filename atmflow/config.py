@@ -147,7 +147,7 @@ class RunConfig(BaseModel):
     data_sources: str = setting("", client=True)  # "task=hub-name-or-path,..." (atmflow.data.tasks)
     dataset_dir: str = setting("", client=True)  # <dataset-dir>/<task> is used when it exists
     hf_cache_dir: str = setting("", client=True)  # Hugging Face cache for weights and data sets ("" = HF_HOME default)
-    # own task definitions (TOML, atmflow.data.own_tasks); relative: to the folder the run starts in (the app folder)
+    # own task definitions (TOML, atmflow.data.own_tasks); relative: to the current folder (docs/data.md)
     task_file: str = setting("", client=True)
 
     # Orchestration

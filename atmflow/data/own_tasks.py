@@ -109,7 +109,8 @@ def read_task_file(path: str) -> dict[str, OwnTask]:
     file = Path(path)
     if not file.is_file():
         raise TaskFileError(f"task-file {path!r} not found: write it (docs/data.md, 'Your own tasks') or fix "
-                            "the run config's task-file (relative paths are relative to the app folder)")
+                            "the run config's task-file (a relative path is relative to the current folder; "
+                            "in atmflow validate, to --project)")
     return _read(str(file), file.stat().st_mtime_ns)
 
 
