@@ -140,3 +140,40 @@ def test_integer_labels_with_class_names(tmp_path: Path) -> None:
     raw = load_raw_task("t", _cfg(tf, "t,rt-polarity", **{"model-family": "hf-text"}))
     assert raw.labels.tolist() == [0, 1, 1] and raw.class_names == ("no", "yes")
     assert isinstance(raw.labels, np.ndarray) and Image is not None
+
+
+def test_zero_shot_head_uses_the_own_task_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_clip's zero-shot head of an own task prompts with its ``classes`` and ``templates``."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from atmflow.models import clip
+
+    pytest.importorskip("open_clip")
+    prompted: list[str] = []
+
+    class FakeClip(torch.nn.Module):
+        logit_scale = torch.tensor(0.0)
+
+        def encode_text(self, tokens: Tokens) -> torch.Tensor:
+            prompted.extend(tokens.texts)
+            return torch.ones(len(tokens.texts), 4)
+
+    class Tokens:
+        def __init__(self, texts: list[str]) -> None:
+            self.texts = texts
+
+        def to(self, _device: torch.device) -> Tokens:
+            return self
+
+    monkeypatch.setattr(clip.OpenCLIPFamily, "_loaded", lambda self: (FakeClip(), None, Tokens))
+    tf = write_task_file(tmp_path / "tasks.toml", {"shapes": {"modality": "image", "source": "x",
+                                                              "templates": ["a drawing of a {}.", "a {} shape."]}})
+    cfg = _cfg(tf, "shapes,cars", **{"model-family": "open_clip"})
+    family = clip.OpenCLIPFamily.__new__(clip.OpenCLIPFamily)
+    family.cfg = cfg
+    head = family.special_head("zeroshot", SimpleNamespace(name="shapes", class_names=("circle", "square")),
+                               torch.device("cpu"))
+    assert prompted == ["a drawing of a circle.", "a circle shape.", "a drawing of a square.", "a square shape."]
+    assert head.weight.shape == (2, 4)
