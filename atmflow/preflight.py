@@ -31,7 +31,7 @@ def check_model(cfg: RunConfig) -> list[str]:
 
 def check_task(task: str, cfg: RunConfig) -> tuple[list[str], str]:
     """(problems with the task's data, a one-line summary when there are none)."""
-    where = data_location(task, cfg).source or "(installed package)"
+    where = data_location(task, cfg).source or "an installed package"
     try:
         raw = load_raw_task(task, cfg)
     except (ValueError, RuntimeError, OSError, KeyError) as err:
@@ -48,7 +48,7 @@ def check_task(task: str, cfg: RunConfig) -> tuple[list[str], str]:
         if want > have > 0:
             problems.append(f"task {task!r}: {key}={want} but the {key.split('-')[0]} split has {have} examples; "
                             f"lower {key} (0 = all)")
-    summary = f"task {task!r}: {raw.num_classes} classes, {n_train} train / {n_test} test examples ({where})"
+    summary = f"task {task!r}: {raw.num_classes} classes, {n_train} train / {n_test} test examples (from {where})"
     return problems, summary
 
 
