@@ -134,3 +134,18 @@ def test_cli_process_fails_within_ten_seconds(tmp_path: Path) -> None:
     took = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     assert proc.returncode == 1 and f"no folder {tmp_path / 'nope'}" in proc.stderr
     assert took < 10, f"validate took {took:.1f} CPU seconds"
+
+
+def test_relative_task_file_and_output_dir_are_in_the_app_folder(tmp_path: Path) -> None:
+    from atmflow.app_config import anchored_run_config, parse_overrides, resolve_config
+
+    image_folder(tmp_path / "app" / "shapes", {"circle": 3, "square": 3}, test=1)
+    write_task_file(tmp_path / "app" / "tasks.toml", {"shapes": {"modality": "image", "source": "shapes"}})
+    (tmp_path / "app" / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    app = tmp_path / "app"
+    cfg = resolve_config(app, "task-file='tasks.toml' tasks='shapes,digits'")
+    assert cfg.task_file == str(app / "tasks.toml") and cfg.output_dir == str(app / "outputs")
+    passed = parse_overrides(anchored_run_config(app, "task-file='tasks.toml' tasks='shapes,digits'"))
+    assert passed == {"task-file": str(app / "tasks.toml"), "tasks": "shapes,digits",
+                      "output-dir": str(app / "outputs")}
+    assert anchored_run_config(app, "output-dir='/abs/out'") == "output-dir='/abs/out'"
