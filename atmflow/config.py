@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
     import torch
 
 from atmflow.data.embedded import DEFAULT_FASHION_MNIST_DIR
-from atmflow.data.tasks import TASK_REGISTRY, VAL_MAX, parse_data_sources, task_spec
+from atmflow.data.own_tasks import TaskFileError
+from atmflow.data.tasks import VAL_MAX, own_task_specs, parse_data_sources, task_spec
 from atmflow.data.text_tasks import TEXT_SMALL
 from atmflow.merging.registry import METHODS, config_params, get_rule, make_rule, rule_params, unknown_method_message
 from atmflow.models.registry import family_entry
@@ -168,6 +170,8 @@ class RunConfig(BaseModel):
     data_sources: str = setting("", client=True)  # "task=hub-name-or-path,..." (atmflow.data.tasks)
     dataset_dir: str = setting("", client=True)  # <dataset-dir>/<task> is used when it exists
     hf_cache_dir: str = setting("", client=True)  # Hugging Face cache for weights and data sets ("" = HF_HOME default)
+    # own task definitions (TOML, atmflow.data.own_tasks); relative: to the current folder (docs/data.md)
+    task_file: str = setting("", client=True)
 
     # Orchestration
     round_timeout: float = setting(3600.0, gt=0, outcome=False, resumable=True)
@@ -180,9 +184,6 @@ class RunConfig(BaseModel):
             raise ValueError('expected comma-separated task names such as "mnist,digits"')
         names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
         names = [n for n in names if n]
-        unknown = [n for n in names if n not in TASK_REGISTRY]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; available: {sorted(TASK_REGISTRY)}")
         if len(names) < 2:
             raise ValueError("merging needs at least two tasks")
         if len(set(names)) != len(names):
@@ -276,12 +277,6 @@ class RunConfig(BaseModel):
         family_entry(value)
         return value
 
-    @field_validator("data_sources")
-    @classmethod
-    def _parse_sources(cls, value: str) -> str:
-        parse_data_sources(value)
-        return value
-
     @field_validator("lambda_grid", mode="before")
     @classmethod
     def _parse_grid(cls, value: Any) -> tuple[float, ...]:
@@ -289,6 +284,28 @@ class RunConfig(BaseModel):
         if any(v <= 0 for v in grid):
             raise ValueError("every lambda in the grid must be > 0")
         return grid
+
+    @model_validator(mode="after")
+    def _check_tasks(self) -> RunConfig:
+        """Every task is built in or defined in ``task-file``; ``data-sources`` names known tasks."""
+        own_task_specs(self.task_file_path)  # a task file is checked whole, even when no task of it runs
+        unknown = []
+        for name in self.tasks:
+            try:
+                task_spec(name, self.task_file_path)
+            except TaskFileError:
+                raise
+            except ValueError as err:
+                unknown.append(str(err))
+        if unknown:
+            raise ValueError("tasks: " + "; ".join(unknown))
+        try:
+            parse_data_sources(self.data_sources, self.task_file_path)
+        except TaskFileError:
+            raise
+        except ValueError as err:
+            raise ValueError(f"data-sources: {err}") from None
+        return self
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:
@@ -304,7 +321,7 @@ class RunConfig(BaseModel):
         if self.head != "auto" and self.head not in entry.heads:
             raise ValueError(f"head={self.head!r} is not available for model-family {self.model_family!r}; "
                              f"allowed: auto, {', '.join(entry.heads)}")
-        wrong = [t for t in self.tasks if task_spec(t).modality != entry.modality]
+        wrong = [t for t in self.tasks if task_spec(t, self.task_file_path).modality != entry.modality]
         if wrong:
             raise ValueError(f"task(s) {wrong} are not {entry.modality} tasks, which model-family "
                              f"{self.model_family!r} needs")
@@ -315,7 +332,12 @@ class RunConfig(BaseModel):
     @property
     def data_source_map(self) -> dict[str, str]:
         """``data-sources`` parsed: ``{task: local folder or hub name}``."""
-        return parse_data_sources(self.data_sources)
+        return parse_data_sources(self.data_sources, self.task_file_path)
+
+    @property
+    def task_file_path(self) -> str:
+        """``task-file`` as an absolute path ("" = none); a relative one is relative to the current folder."""
+        return str(Path(self.task_file).expanduser().resolve()) if self.task_file else ""
 
     @property
     def model_name(self) -> str:

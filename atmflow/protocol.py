@@ -60,9 +60,11 @@ TALOS_KEPT_FRACTION = "talos-kept-fraction"
 SPLIT = "split"  # config key of an evaluate message
 SPEC = "spec"  # key of the transport config record
 
-# Node config keys of a SuperNode (flower-supernode --node-config "task='mnist' data-path='/data'")
+# Node config keys of a SuperNode (flower-supernode --node-config "task='cars' dataset-path='/data/cars'");
+# the path is read on the node only and never sent (atmflow.client.app.node_data)
 NODE_TASK = "task"
-NODE_DATA_PATH = "data-path"
+NODE_DATASET_PATH = "dataset-path"
+NODE_DATA_PATH = "data-path"  # the old name of dataset-path, still accepted
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,23 @@
 """The Flower ClientApp: one SuperNode = one task.
 
 Which task a node holds: ``--node-config "task='mnist'"`` in a deployment; in a simulation, the
-node's ``partition-id`` indexes the run config's ``tasks`` list. In a deployment the node's own
-data folder comes from ``--node-config "data-path='/data'"`` (for tasks read from a folder, see
-:data:`atmflow.data.tasks.CONFIG_SOURCES`) and overrides the run config's folder for that task.
+node's ``partition-id`` indexes the run config's ``tasks`` list. In a deployment each SuperNode
+names its own data with ``--node-config "task='<name>' dataset-path='<folder or hub name>'"`` (own
+tasks, the Hugging Face vision tasks, GLUE, fashion-mnist, fortune-topic: every task whose data can
+be located); it overrides the run config's location for that task (``data-path`` is its old name).
+The path stays on the node: no reply carries it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from logging import ERROR
 
 import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
 from atmflow import protocol, transport
 from atmflow.client import cache
@@ -23,7 +27,7 @@ from atmflow.client.talos import calibrate_mask, mask_fraction
 from atmflow.client.task import LocalTask, local_task, task_seed
 from atmflow.client.training import fine_tune
 from atmflow.config import RunConfig, load_config
-from atmflow.data.tasks import CONFIG_SOURCES
+from atmflow.data.tasks import task_spec
 from atmflow.merging import add_scaled, task_vector
 from atmflow.models.family import get_family
 
@@ -55,15 +59,32 @@ def foreign_task(context: Context) -> str | None:
 
 
 def node_data(context: Context, cfg: RunConfig, task: str) -> RunConfig:
-    """The run config with this node's ``data-path`` (node config) as the task's data folder."""
-    if protocol.NODE_DATA_PATH not in context.node_config:
+    """The run config with this node's ``dataset-path`` (node config) as the task's data location."""
+    given = [k for k in (protocol.NODE_DATASET_PATH, protocol.NODE_DATA_PATH) if k in context.node_config]
+    if not given:
         return cfg
-    path = str(context.node_config[protocol.NODE_DATA_PATH])
-    if task not in CONFIG_SOURCES:
-        raise ValueError(f"node config data-path={path!r} is set, but task {task!r} "
-                         f"reads its data from an installed Python package, not a folder; remove data-path "
-                         f"(it applies to {sorted(CONFIG_SOURCES)})")
-    return cfg.model_copy(update={CONFIG_SOURCES[task]: path})
+    if len(given) > 1:
+        raise ValueError("node config sets both dataset-path and data-path (its old name); keep dataset-path")
+    path = str(context.node_config[given[0]]).strip()
+    if not task_spec(task, cfg.task_file_path).locatable:
+        raise ValueError(f"node config {given[0]} is set, but task {task!r} reads its data from an installed "
+                         f"Python package, not a folder; remove {given[0]} from this SuperNode's --node-config")
+    if not path or "," in path or "=" in path:
+        raise ValueError(f"node config {given[0]} must be one folder or hub name without ',' or '='")
+    sources = {**cfg.data_source_map, task: path}
+    return cfg.model_copy(update={"data_sources": ",".join(f"{t}={w}" for t, w in sources.items())})
+
+
+class NodeDataError(RuntimeError):
+    """This node's data could not be loaded; the message sent to the server leaves out the node's path."""
+
+
+def node_path(context: Context) -> str:
+    """This node's ``dataset-path`` (or ``data-path``), "" when none is set."""
+    for key in (protocol.NODE_DATASET_PATH, protocol.NODE_DATA_PATH):
+        if key in context.node_config:
+            return str(context.node_config[key]).strip()
+    return ""
 
 
 def _setup(context: Context) -> tuple[RunConfig, str, LocalTask]:
@@ -71,7 +92,15 @@ def _setup(context: Context) -> tuple[RunConfig, str, LocalTask]:
     torch.set_num_threads(cfg.num_threads)
     task = node_task(context, cfg)
     cfg = node_data(context, cfg, task)
-    return cfg, task, local_task(task, cfg)
+    path = node_path(context)
+    try:
+        return cfg, task, local_task(task, cfg)
+    except Exception as err:
+        if not path or path not in str(err):
+            raise
+        log(ERROR, "task %r: %s", task, err)  # the full message, with the path, in this node's log only
+        raise NodeDataError(str(err).replace(path, "<this node's dataset-path>") + " (the full message with the "
+                            "path is in this SuperNode's log)") from None
 
 
 def _encoder(msg: Message, cfg: RunConfig) -> torch.nn.Module:

@@ -3,13 +3,16 @@
 Each :class:`TaskSpec` gives the task's modality (``image`` / ``text``: which model families can
 run it), its loader (``DataLocation -> RawTask``), its default data location (a directory, a
 Hugging Face hub name, or nothing for data inside an installed package) and the key of its
-zero-shot prompt templates (``atmflow.models.templates``).
+zero-shot prompt templates (``atmflow.models.templates``). Own tasks (any name) come from the run
+config's ``task-file`` (:mod:`atmflow.data.own_tasks`); :func:`task_spec` finds both kinds.
 
 Where a task's data is looked for (:func:`data_location`), first match wins:
 
-1. ``data-sources = "task=location,..."`` (a hub name, or a local path);
+1. ``data-sources = "task=location,..."`` (a hub name, or a local path; a SuperNode's
+   ``--node-config "dataset-path='...'"`` lands here, see :func:`atmflow.client.app.node_data`);
 2. ``dataset-dir``: the folder ``<dataset-dir>/<task>`` if it exists;
-3. the task's own setting (``fashion-mnist-dir`` for fashion-mnist) or its default source.
+3. the task's own setting (``fashion-mnist-dir`` for fashion-mnist) or its default source (an own
+   task's ``source`` in the task file).
 
 ``hf-cache-dir`` is the Hugging Face cache used for hub names ("" = the ``HF_HOME`` default).
 """
@@ -22,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atmflow.data import embedded, glue, hf_vision, text_tasks
+from atmflow.data import embedded, glue, hf_vision, own_tasks, text_tasks
 from atmflow.data.embedded import RawTask
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ class TaskSpec:
     templates: str = ""  # zero-shot templates key in atmflow.models.templates ("" = none)
     about: str = ""
     locatable: bool = True  # False: the data ship inside a package; no location can be configured
+    prompt_templates: tuple[str, ...] = ()  # an own task's zero-shot templates (instead of a ``templates`` key)
 
 
 def _embedded(name: str, about: str, default_source: str = "") -> TaskSpec:
@@ -90,13 +94,53 @@ TASK_REGISTRY: dict[str, TaskSpec] = _registry()
 CONFIG_SOURCES = {"fashion-mnist": "fashion_mnist_dir"}  # task -> RunConfig field giving its location
 
 
-def task_spec(name: str) -> TaskSpec:
-    if name not in TASK_REGISTRY:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASK_REGISTRY))}")
-    return TASK_REGISTRY[name]
+def own_task_specs(task_file: str) -> dict[str, TaskSpec]:
+    """The task file's own tasks as specs ("" = none). A name of a built-in task is an error."""
+    if not task_file:
+        return {}
+    defined = own_tasks.read_task_file(task_file)
+    clash = sorted(set(defined) & set(TASK_REGISTRY))
+    if clash:
+        raise own_tasks.TaskFileError(f"task-file {task_file}: task(s) {clash} are built-in tasks; "
+                                      "give your own tasks other names")
+    return {name: _own(name, spec) for name, spec in defined.items()}
 
 
-def parse_data_sources(value: str) -> dict[str, str]:
+def _own(name: str, spec: own_tasks.OwnTask) -> TaskSpec:
+    def load(where: DataLocation) -> RawTask:
+        return own_tasks.load_own_task(name, spec, where.source, where.cache_dir)
+
+    return TaskSpec(name, spec.modality, load, spec.source, about=own_tasks.describe(spec),
+                    prompt_templates=spec.prompt_templates)
+
+
+def known_tasks(task_file: str = "") -> dict[str, TaskSpec]:
+    """Built-in tasks and the task file's own tasks."""
+    return {**TASK_REGISTRY, **own_task_specs(task_file)}
+
+
+def unknown_task_message(name: str, task_file: str = "") -> str:
+    """``unknown task 'x'`` with the closest valid name, if any, and where tasks are defined."""
+    import difflib
+
+    known = known_tasks(task_file)
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    where = f"built-in or in task-file {task_file}" if task_file else "built-in; define your own in a task-file"
+    return f"unknown task {name!r}{hint}; available ({where}): {', '.join(sorted(known))}"
+
+
+def task_spec(name: str, task_file: str = "") -> TaskSpec:
+    """The spec of a built-in task or of an own task of ``task_file`` (an absolute path, "" = none)."""
+    if name in TASK_REGISTRY:
+        return TASK_REGISTRY[name]
+    own = own_task_specs(task_file)
+    if name not in own:
+        raise ValueError(unknown_task_message(name, task_file))
+    return own[name]
+
+
+def parse_data_sources(value: str, task_file: str = "") -> dict[str, str]:
     """``"cars=/data/cars, dtd=tanganke/dtd"`` -> ``{"cars": "/data/cars", "dtd": "tanganke/dtd"}``."""
     out: dict[str, str] = {}
     for item in (v.strip() for v in value.split(",")):
@@ -105,7 +149,7 @@ def parse_data_sources(value: str) -> dict[str, str]:
         task, sep, where = (s.strip() for s in item.partition("="))
         if not sep or not task or not where:
             raise ValueError(f"data-sources entry {item!r} is not 'task=location'")
-        if not task_spec(task).locatable:
+        if not task_spec(task, task_file).locatable:
             raise ValueError(f"data-sources: task {task!r} ships inside an installed package; "
                              "its location cannot be configured")
         if task in out:
@@ -116,7 +160,7 @@ def parse_data_sources(value: str) -> dict[str, str]:
 
 def data_location(task: str, cfg: RunConfig) -> DataLocation:
     """Where ``task``'s data is looked for under this config (see module docstring)."""
-    spec = task_spec(task)
+    spec = task_spec(task, cfg.task_file_path)
     configured = cfg.data_source_map
     if task in configured:
         source = configured[task]
@@ -130,12 +174,14 @@ def data_location(task: str, cfg: RunConfig) -> DataLocation:
 
 
 @lru_cache(maxsize=8)
-def _load(task: str, where: DataLocation) -> RawTask:
-    return task_spec(task).load(where)
+def _load(task: str, where: DataLocation, task_file: str, _version: int) -> RawTask:
+    return task_spec(task, task_file).load(where)
 
 
 def load_raw_task(task: str, cfg: RunConfig) -> RawTask:
     """The task's raw examples (cached per process and location). Raises
     :class:`~atmflow.data.embedded.DataUnavailableError` naming what is missing, where it was looked
     for and how to get it."""
-    return _load(task, data_location(task, cfg))
+    task_file = cfg.task_file_path
+    version = Path(task_file).stat().st_mtime_ns if task_file and task not in TASK_REGISTRY else 0
+    return _load(task, data_location(task, cfg), task_file, version)

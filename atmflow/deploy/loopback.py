@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from atmflow.app_config import resolve_config
+from atmflow.app_config import anchored_run_config, resolve_config
 from atmflow.processes import (
     flwr_bin,
     flwr_env,
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_config(app, args.run_config)
     started = time.perf_counter()
     with LoopbackDeployment(Path(args.workdir), cfg.tasks, tls=args.tls, auth=args.auth) as deployment:
-        status, _ = deployment.run(app, args.run_config)
+        status, _ = deployment.run(app, anchored_run_config(app, args.run_config))
     print(f"run {status} after {time.perf_counter() - started:.0f} s; logs in {args.workdir}",
           file=sys.stderr)
     return 0 if status == "finished:completed" else 1

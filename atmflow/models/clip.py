@@ -158,15 +158,17 @@ class CLIPImageEncoder(nn.Module):
 
 
 @torch.no_grad()
-def zeroshot_head(clip: nn.Module, tokenizer: Any, class_names: tuple[str, ...], templates_key: str,
+def zeroshot_head(clip: nn.Module, tokenizer: Any, class_names: tuple[str, ...], templates: str | tuple[str, ...],
                   device: torch.device) -> FrozenHead:
-    """The frozen zero-shot head (see module docstring): rows ``w_c``, scale ``exp(logit_scale)``."""
+    """The frozen zero-shot head (see module docstring): rows ``w_c``, scale ``exp(logit_scale)``.
+    ``templates``: a key of :mod:`atmflow.models.templates`, or the templates themselves (own tasks)."""
     from atmflow.models.templates import prompts
 
     clip = clip.to(device)
     rows = []
     for name in class_names:
-        emb = clip.encode_text(tokenizer(prompts(templates_key, name)).to(device)).float()
+        filled = prompts(templates, name) if isinstance(templates, str) else [t.format(name) for t in templates]
+        emb = clip.encode_text(tokenizer(filled).to(device)).float()
         emb = emb / emb.norm(dim=-1, keepdim=True)
         mean = emb.mean(dim=0)
         rows.append(mean / mean.norm())
@@ -213,8 +215,9 @@ class OpenCLIPFamily(ModelFamily):
             return super().special_head(kind, data, device)
         from atmflow.data.tasks import task_spec
 
-        spec = task_spec(data.name)
-        if not data.class_names or not spec.templates:
+        spec = task_spec(data.name, self.cfg.task_file_path)
+        templates = spec.prompt_templates or spec.templates
+        if not data.class_names or not templates:
             raise ValueError(f"task {data.name!r} has no class names or prompt templates for a zero-shot head")
         clip, _, tokenizer = self._loaded()
-        return zeroshot_head(clip, tokenizer, data.class_names, spec.templates, device)
+        return zeroshot_head(clip, tokenizer, data.class_names, templates, device)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from atmflow.app_config import resolve_config
+from atmflow.app_config import anchored_run_config, resolve_config
 from atmflow.processes import (
     LOCAL_RAY,
     flwr_bin,
@@ -114,6 +114,7 @@ def run_simulation(app_dir: Path, flwr_home: Path, run_config: str = "", num_cpu
     ``ray_address``: ``local`` (a private Ray instance for this run) or ``host:port`` of an existing
     Ray cluster's head, checked to answer before anything starts."""
     cfg = resolve_config(app_dir, run_config)
+    run_config = anchored_run_config(app_dir, run_config)  # relative task-file / output-dir: in the app folder
     if cfg.device == "cuda" and num_gpus_per_client == 0:
         raise ValueError("device='cuda' needs --num-gpus-per-client > 0: Ray hides the GPUs from a client "
                          "that reserves none (CUDA_VISIBLE_DEVICES is emptied)")

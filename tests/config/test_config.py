@@ -53,7 +53,7 @@ def test_resolved_config_round_trips() -> None:
         ({"breadcrumbs-beta": 0.9, "breadcrumbs-gamma": 0.5}, "beta=0.9 must not exceed gamma=0.5"),
         ({"strategy": "ta", "init-checkpoint": "x.safetensors"}, "init-checkpoint starts an ATM run"),
         ({"lr": -1.0}, "lr: Input should be greater than 0"),
-        ({"tasks": "mnist,cifar10"}, "unknown task(s) ['cifar10']; available: ['animal-mnist', 'cars'"),
+        ({"tasks": "mnist,cifar10"}, "tasks: unknown task 'cifar10' (did you mean 'cifar100'?); available"),
         ({"tasks": "mnist"}, "at least two tasks"),
         ({"head": "mlp"}, "head='mlp' is not available for model-family 'mobilenet-v2'; allowed: auto, probe, random"),
         ({"learning-rate": 0.1}, "learning-rate: unknown key"),

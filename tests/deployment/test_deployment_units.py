@@ -5,6 +5,7 @@ certificates script."""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from atmflow import protocol
 from atmflow.client.app import app as client_app
 from atmflow.client.app import node_data
 from atmflow.config import load_config
+from atmflow.data.tasks import data_location
 from atmflow.deploy.loopback import GENERATE_CERTS, LoopbackDeployment, generate_certificates
 from atmflow.models.mobilenet import pretrained_encoder
 from atmflow.rounds.exchange import (
@@ -105,10 +107,16 @@ def _context(node_config: dict[str, str]) -> Context:
 def test_a_nodes_data_path_replaces_the_task_folder_and_is_refused_where_no_folder_is_read() -> None:
     cfg = load_config({})
     assert node_data(_context({"task": "fashion-mnist"}), cfg, "fashion-mnist") is cfg
-    moved = node_data(_context({"task": "fashion-mnist", "data-path": "/data/fm"}), cfg, "fashion-mnist")
-    assert moved.fashion_mnist_dir == "/data/fm" and cfg.fashion_mnist_dir != "/data/fm"
+    for key in ("data-path", "dataset-path"):
+        moved = node_data(_context({"task": "fashion-mnist", key: "/data/fm"}), cfg, "fashion-mnist")
+        assert data_location("fashion-mnist", moved).source == "/data/fm"
+        assert data_location("fashion-mnist", cfg).source != "/data/fm"
+    cars = node_data(_context({"task": "cars", "dataset-path": "/data/cars"}), cfg, "cars")
+    assert data_location("cars", cars).source == "/data/cars"
     with pytest.raises(ValueError, match="task 'mnist' reads its data from an installed Python package"):
         node_data(_context({"task": "mnist", "data-path": "/data"}), cfg, "mnist")
+    with pytest.raises(ValueError, match="both dataset-path and data-path"):
+        node_data(_context({"task": "cars", "data-path": "/a", "dataset-path": "/b"}), cfg, "cars")
 
 
 def test_supernode_authentication_needs_tls(tmp_path: Path) -> None:
@@ -185,3 +193,22 @@ def test_a_node_holding_a_task_the_run_does_not_list_stops_the_handshake(tiny: d
                                   "pretrained evaluation", "fail")
         else:
             discover_task_nodes(grid, cfg.tasks, 1.0, 60.0)
+
+
+def test_a_too_small_simulation_fails_at_once_naming_the_federation_config() -> None:
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    from atmflow.server.nodes import discover_task_nodes
+
+    class TwoNodeSimulation(InMemoryGrid):
+        def __init__(self) -> None:  # Flower's default local federation: 2 simulated SuperNodes
+            pass
+
+        def get_node_ids(self) -> list[int]:
+            return [1, 2]
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r'has 2 SuperNode\(s\) but the run has 4 tasks.*'
+                                           r'flwr run \. --federation-config "num-supernodes=4"'):
+        discover_task_nodes(TwoNodeSimulation(), ("a", "b", "c", "d"), wait_s=120.0, timeout=60.0)
+    assert time.monotonic() - start < 5
