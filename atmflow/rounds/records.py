@@ -17,8 +17,13 @@ def avg_accuracy(scores: Scores) -> float:
 
 
 def normalized_accuracy(scores: Scores, individual: Scores) -> float:
-    """Mean over tasks (those scored in both) of merged accuracy / individual accuracy."""
-    common = [t for t in scores if t in individual]
+    """Mean over tasks (those scored in both) of merged accuracy / individual accuracy.
+
+    A task whose individual model scores 0 has no normalized accuracy and is left out; NaN when no task
+    is left (the report then shows "nan" rather than a made-up number)."""
+    common = [t for t in scores if t in individual and individual[t]["accuracy"] > 0]
+    if not common:
+        return float("nan")
     return sum(scores[t]["accuracy"] / individual[t]["accuracy"] for t in common) / len(common)
 
 

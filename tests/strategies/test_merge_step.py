@@ -50,3 +50,14 @@ def test_dare_draws_new_masks_each_round() -> None:
     one, two = (step.apply(base, vectors, {"a": 1.0, "b": 1.0}, round_=r)["w"] for r in (1, 2))
     assert not torch.equal(one, two)
     assert torch.equal(one, step.apply(base, vectors, {"a": 1.0, "b": 1.0}, round_=1)["w"])
+
+
+def test_normalized_accuracy_leaves_out_tasks_whose_individual_model_scores_zero() -> None:
+    import math
+
+    from atmflow.rounds.records import normalized_accuracy
+
+    scores = {"a": {"accuracy": 0.4, "loss": 1.0}, "b": {"accuracy": 0.3, "loss": 1.0}}
+    assert normalized_accuracy(scores, {"a": {"accuracy": 0.8, "loss": 1.0}, "b": {"accuracy": 0.0, "loss": 1.0}}) \
+        == 0.5
+    assert math.isnan(normalized_accuracy(scores, {"a": {"accuracy": 0.0, "loss": 1.0}}))
