@@ -26,6 +26,7 @@ from atmflow.config import RunConfig, load_config
 from atmflow.data.tasks import CONFIG_SOURCES
 from atmflow.merging import add_scaled, task_vector
 from atmflow.models.family import get_family
+from atmflow.threads import pin_threads
 
 app = ClientApp()
 
@@ -58,7 +59,7 @@ def node_data(context: Context, cfg: RunConfig, task: str) -> RunConfig:
 
 def _setup(context: Context) -> tuple[RunConfig, str, LocalTask]:
     cfg = load_config(context.run_config)
-    torch.set_num_threads(cfg.num_threads)
+    pin_threads(cfg.num_threads)  # torch and BLAS / OpenMP: the same model in process and under Ray
     task = node_task(context, cfg)
     cfg = node_data(context, cfg, task)
     return cfg, task, local_task(task, cfg)

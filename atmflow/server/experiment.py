@@ -33,6 +33,7 @@ from atmflow.server.nodes import discover_and_evaluate, discover_task_nodes
 from atmflow.server.results import RunResults
 from atmflow.strategies import RunPlan, build_strategy
 from atmflow.strategies.plan import individual_instructions
+from atmflow.threads import pin_threads
 
 
 def finetuned_scores(train_metrics: dict[str, dict[str, float]]) -> Scores:
@@ -86,6 +87,7 @@ def ph_atm_start(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pretrai
 
 def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
     started = time.perf_counter()
+    pin_threads(cfg.num_threads)  # merging and the server's own evaluation sum in the same order on every path
     out = Path(cfg.output_dir) / cfg.run_name
     config = cfg.to_run_config()
     family = get_family(cfg)
