@@ -64,6 +64,24 @@ def reply_node(reply: Message, sent: Iterable[Message] = ()) -> int:
     return by_id.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
+CLIENT_APP_MESSAGE = "occurred. Message:"  # flwr's ClientAppException: "Exception ... occurred. Message: <msg>"
+
+
+def client_error(reason: str) -> str:
+    """The ClientApp's own exception message in an error reply, without the wrapping around it.
+
+    In a simulation the reason reads ``<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::
+    ClientAppActor.run() ... Traceback ... Exception ClientAppException occurred. Message: <msg>'>``; in a
+    deployment ``<class '...ClientAppException'>:<'... Message: <msg>'>``. Anything else is returned stripped.
+    """
+    text = reason.strip()
+    if CLIENT_APP_MESSAGE in text:
+        text = text.rsplit(CLIENT_APP_MESSAGE, 1)[1].strip()
+        if text.endswith("'>"):
+            text = text[:-2].rstrip()
+    return text
+
+
 def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], phase: str,
                     sent: Iterable[Message] = ()) -> Replies:
     """Map replies to task names; list the tasks that failed or did not answer.
@@ -78,7 +96,8 @@ def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], p
         node = reply_node(reply, sent)
         task = protocol.reply_task(reply) or node_tasks.get(node)
         if reply.has_error():
-            problems[task or f"node {node}"] = f"error {reply.error.code}: {reply.error.reason.strip()}"
+            problems[task or f"node {node}"] = (f"error {reply.error.code} on node {node}: "
+                                                f"{client_error(reply.error.reason)}")
         elif task is not None:
             valid[task] = reply
     for task in node_tasks.values():
