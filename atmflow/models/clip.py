@@ -197,6 +197,9 @@ class OpenCLIPFamily(ModelFamily):
     def check_available(self) -> None:
         resolve_weights(self.model, self.pretrained, self.cfg.hf_cache_dir)
 
+    def weights_file(self) -> str | None:
+        return resolve_weights(self.model, self.pretrained, self.cfg.hf_cache_dir)[0]
+
     def pretrained_encoder(self) -> CLIPImageEncoder:
         return CLIPImageEncoder(copy.deepcopy(self._loaded()[0].visual))
 

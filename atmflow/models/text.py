@@ -245,6 +245,11 @@ class HFTextFamily(ModelFamily):
                 f"no weights file (*.safetensors, pytorch_model*.bin) for text model {self.model!r} in {path}; "
                 f"fetch them on a machine with network with: hf download {text_model(self.model).hub_id or '<hub-id>'}")
 
+    def weights_file(self) -> str | None:
+        files = sorted(model_dir(*self._args()).glob("*.safetensors")) or sorted(
+            model_dir(*self._args()).glob("pytorch_model*.bin"))
+        return str(files[0]) if len(files) == 1 else None
+
     def pretrained_encoder(self) -> HFTextEncoder:
         return pretrained_text_encoder(*self._args())
 

@@ -30,6 +30,7 @@ from atmflow.rounds.exchange import GridEvaluator, send_to_tasks
 from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy
 from atmflow.server.checkpoint import load_checkpoint, save_checkpoint
 from atmflow.server.nodes import discover_and_evaluate, discover_task_nodes
+from atmflow.server.provenance import provenance
 from atmflow.server.results import RunResults
 from atmflow.strategies import RunPlan, build_strategy
 from atmflow.strategies.plan import individual_instructions
@@ -108,6 +109,7 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
                                                         cfg.on_missing_task)
         log(INFO, "round 0 (pretrained): average test accuracy %.3f", avg_accuracy(base_scores))
         results = RunResults(cfg.strategy, cfg.label, config, base_scores, [])
+        results.provenance = provenance(cfg, family.weights_file())
         start = pretrained
         if cfg.ph_atm:
             start, results.init = ph_atm_start(grid, cfg, node_tasks, pretrained, expected)
