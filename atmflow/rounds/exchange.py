@@ -108,7 +108,7 @@ def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], p
 
 def send_to_tasks(grid: Grid, node_tasks: Mapping[int, str], message_type: str,
                   build: Callable[[str], RecordDict], timeout: float, phase: str) -> Replies:
-    messages = task_messages(node_tasks, message_type, build)
+    messages = task_messages(node_tasks, message_type, lambda task: protocol.with_phase(build(task), phase))
     replies = grid.send_and_receive(messages, timeout=timeout)
     return collect_replies(replies, node_tasks, phase, messages)
 
