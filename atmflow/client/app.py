@@ -177,9 +177,9 @@ def evaluate_model(msg: Message, context: Context) -> Message:
     official metric where it is not accuracy (GLUE CoLA, MRPC, QQP; see :mod:`atmflow.protocol`)."""
     cfg, task, local = _setup(context)
     name = protocol.requested_split(msg)
-    progress = f"{protocol.requested_phase(msg) or 'evaluation'}, task {task}, evaluation on {name}"
-    scores = _evaluate(task, _encoder(msg, cfg), local, local.data.split(name), progress)
     split = local.data.split(name)
+    progress = f"{protocol.requested_phase(msg) or 'evaluation'}, task {task}, evaluation on {name}"
+    scores = _evaluate(task, _encoder(msg, cfg), local, split, progress)
     official = {k: v for k, v in scores.items() if k in protocol.OFFICIAL_METRICS}
     content = protocol.evaluate_reply(task, scores[protocol.ACCURACY], scores[protocol.LOSS], len(split), official)
     return Message(content=content, reply_to=msg)
