@@ -58,6 +58,7 @@ CACHE_HIT = "cache-hit"
 TALOS_CALIBRATION_S = "talos-calibration-s"
 TALOS_KEPT_FRACTION = "talos-kept-fraction"
 SPLIT = "split"  # config key of an evaluate message
+PHASE = "phase"  # config record of every request: what the server is doing ("round 2 train", ...), for client logs
 SPEC = "spec"  # key of the transport config record
 
 # Node config keys of a SuperNode (flower-supernode --node-config "task='cars' dataset-path='/data/cars'");
@@ -124,6 +125,19 @@ def train_request(arrays: ArrayRecord, instructions: TrainInstructions) -> Recor
 def evaluate_request(arrays: ArrayRecord, split: str) -> RecordDict:
     """An evaluate message's content (also a handshake that evaluates): the weights and the split."""
     return content(**{ARRAYS: arrays, CONFIG: ConfigRecord({SPLIT: split})})
+
+
+def with_phase(records: RecordDict, phase: str) -> RecordDict:
+    """``records`` labelled with the server's phase (``round 2 train``, ``individual fine-tuning``, ...),
+    which the client names in its progress log lines."""
+    records.config_records[PHASE] = ConfigRecord({PHASE: phase})
+    return records
+
+
+def requested_phase(msg: Message) -> str:
+    """The phase a request was sent in ("" when the server did not say)."""
+    record = msg.content.config_records.get(PHASE)
+    return str(record[PHASE]) if record is not None and PHASE in record else ""
 
 
 def requested_split(msg: Message) -> str:

@@ -1,5 +1,5 @@
 """Shared fixtures: tiny, fast run configs over the real embedded data and the real pretrained encoder, and a
-spy on the strategies' merge step."""
+spy on the strategies' merge step. In CI (``CI=true``) a skipped test fails unless marked ``gpu`` (testkit.ci)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.ci import fail_skip_in_ci
 from testkit.merge_spy import MergeCall, spy_on_merge_step
 
 TINY: dict[str, Any] = {
@@ -28,3 +29,10 @@ def tiny(tmp_path: Path) -> dict[str, Any]:
 def merge_calls(monkeypatch: pytest.MonkeyPatch) -> list[MergeCall]:
     """Spy on every strategy's merge step: each ``MergeStep.apply`` of the test is recorded, in order."""
     return spy_on_merge_step(monkeypatch)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """No check silently skipped in CI (see :mod:`testkit.ci`)."""
+    outcome = yield
+    fail_skip_in_ci(item, outcome.get_result())

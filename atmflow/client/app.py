@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from logging import ERROR
+from logging import ERROR, INFO
 
 import torch
 from flwr.app import ArrayRecord, Context, Message
@@ -27,9 +27,12 @@ from atmflow.client.talos import calibrate_mask, mask_fraction
 from atmflow.client.task import LocalTask, local_task, task_seed
 from atmflow.client.training import fine_tune
 from atmflow.config import RunConfig, load_config
+from atmflow.data.splits import Split
 from atmflow.data.tasks import task_spec
+from atmflow.logs import timestamped_logs
 from atmflow.merging import add_scaled, task_vector
 from atmflow.models.family import get_family
+from atmflow.threads import pin_threads
 
 app = ClientApp()
 
@@ -89,7 +92,8 @@ def node_path(context: Context) -> str:
 
 def _setup(context: Context) -> tuple[RunConfig, str, LocalTask]:
     cfg = load_config(context.run_config)
-    torch.set_num_threads(cfg.num_threads)
+    timestamped_logs()
+    pin_threads(cfg.num_threads)  # torch and BLAS / OpenMP: the same model in process and under Ray
     task = node_task(context, cfg)
     cfg = node_data(context, cfg, task)
     path = node_path(context)
@@ -137,16 +141,17 @@ def train(msg: Message, context: Context) -> Message:
     cfg, task, local = _setup(context)
     received = protocol.requested_instructions(msg)
     instructions = dataclasses.replace(received, seed=task_seed(received.seed, task))
+    progress = f"{protocol.requested_phase(msg) or 'fine-tuning'}, task {task}"
     encoder = _encoder(msg, cfg)
     base = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
     key = cache.cache_key(base, instructions, task, cfg) if cfg.cache_dir else ""
     grads = _gradient_estimate(encoder, local, instructions, cfg.cache_dir, key) if instructions.tatr_exemplars else {}
     cached = cache.load(cfg.cache_dir, key) if key else None
     if cached is None:
-        mask, talos_metrics = _talos_mask(encoder, local, instructions, cfg)
+        mask, talos_metrics = _talos_mask(encoder, local, instructions, cfg, progress)
         with local.autocast():
             split = local.data.split(instructions.split)
-            stats = fine_tune(encoder, local.head, split, instructions, local.device, mask)
+            stats = fine_tune(encoder, local.head, split, instructions, local.device, mask, progress)
         metrics = {protocol.TRAIN_LOSS: stats.loss, protocol.NUM_EXAMPLES: float(stats.examples),
                    protocol.STEPS: float(stats.steps), protocol.WALL_S: stats.seconds, **talos_metrics}
         tau = task_vector({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, base,
@@ -154,11 +159,11 @@ def train(msg: Message, context: Context) -> Message:
     else:
         tau, metrics = cached
         encoder.load_state_dict(add_scaled(base, tau, 1.0))
+        log(INFO, "%s: fine-tuning reused from the cache (%s)", progress, cfg.cache_dir)
     wanted = (protocol.ACCURACY, protocol.LOSS, *official_metric_names(task))
     completed = instructions.evaluate_finetuned and any(protocol.FINETUNED + k not in metrics for k in wanted)
     if completed:
-        with local.autocast():
-            scores = evaluate_task(task, encoder, local.head, local.data.test, local.device)
+        scores = _evaluate(task, encoder, local, local.data.test, f"{progress}, evaluation of its model on test")
         metrics.update({protocol.FINETUNED + k: v for k, v in scores.items()})
     if key and (cached is None or completed):
         cache.store(cfg.cache_dir, key, tau, metrics)
@@ -168,16 +173,29 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _evaluate(task: str, encoder: torch.nn.Module, local: LocalTask, split: Split, progress: str) -> dict[str, float]:
+    """The task's scores of ``encoder`` on ``split``, with one INFO line (accuracy, examples/s)."""
+    start = time.perf_counter()
+    with local.autocast():
+        scores = evaluate_task(task, encoder, local.head, split, local.device)
+    seconds = time.perf_counter() - start
+    log(INFO, "%s: %d examples, accuracy %.4f, loss %.4f, %.1f examples/s", progress, len(split),
+        scores[protocol.ACCURACY], scores[protocol.LOSS], len(split) / max(seconds, 1e-9))
+    return scores
+
+
 def _talos_mask(encoder: torch.nn.Module, local: LocalTask, instructions: protocol.TrainInstructions,
-                cfg: RunConfig) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
+                cfg: RunConfig, progress: str) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
     """``finetune = "talos"``: the TaLoS mask at the received base, calibrated on the validation split."""
     if cfg.finetune != "talos":
         return None, {}
     start = time.perf_counter()
     mask = calibrate_mask(encoder, local.head, local.data.validation.x, sparsity=cfg.talos_sparsity,
                           rounds=cfg.talos_rounds, seed=instructions.seed, device=local.device)
-    return mask, {protocol.TALOS_CALIBRATION_S: time.perf_counter() - start,
-                  protocol.TALOS_KEPT_FRACTION: mask_fraction(mask)}
+    seconds, kept = time.perf_counter() - start, mask_fraction(mask)
+    log(INFO, "%s: TaLoS calibration, %d rounds in %.1f s, %.3f of the parameters fine-tuned", progress,
+        cfg.talos_rounds, seconds, kept)
+    return mask, {protocol.TALOS_CALIBRATION_S: seconds, protocol.TALOS_KEPT_FRACTION: kept}
 
 
 def _gradient_estimate(encoder: torch.nn.Module, local: LocalTask, instructions: protocol.TrainInstructions,
@@ -198,9 +216,10 @@ def evaluate_model(msg: Message, context: Context) -> Message:
     """Accuracy and loss of the received weights with this task's frozen head on one split, and the task's
     official metric where it is not accuracy (GLUE CoLA, MRPC, QQP; see :mod:`atmflow.protocol`)."""
     cfg, task, local = _setup(context)
-    split = local.data.split(protocol.requested_split(msg))
-    with local.autocast():
-        scores = evaluate_task(task, _encoder(msg, cfg), local.head, split, local.device)
+    name = protocol.requested_split(msg)
+    split = local.data.split(name)
+    progress = f"{protocol.requested_phase(msg) or 'evaluation'}, task {task}, evaluation on {name}"
+    scores = _evaluate(task, _encoder(msg, cfg), local, split, progress)
     official = {k: v for k, v in scores.items() if k in protocol.OFFICIAL_METRICS}
     content = protocol.evaluate_reply(task, scores[protocol.ACCURACY], scores[protocol.LOSS], len(split), official)
     return Message(content=content, reply_to=msg)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from logging import INFO
 
 import torch
+from flwr.common.logger import log
 from torch import nn
 
 from atmflow.client.talos import Mask, SparseUpdate
@@ -41,8 +43,10 @@ def make_optimizer(params: list[nn.Parameter], instructions: TrainInstructions) 
 
 
 def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, instructions: TrainInstructions,
-              device: torch.device, mask: Mask | None = None) -> TrainStats:
-    """Fine-tune ``encoder`` in place; ``head`` stays frozen.
+              device: torch.device, mask: Mask | None = None, progress: str = "fine-tuning") -> TrainStats:
+    """Fine-tune ``encoder`` in place; ``head`` stays frozen. After every epoch one INFO line through
+    Flower's logger: ``<progress>: epoch e/E, steps, loss, examples/s`` (``progress`` names the phase
+    and the task, e.g. ``round 2 train, task mnist``).
 
     With a TaLoS ``mask`` (:func:`atmflow.client.talos.calibrate_mask`) only the masked-in entries
     move; every other parameter stays bit-identical to its value on entry (paper 004, Eq. 8).
@@ -54,7 +58,8 @@ def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, instructions: T
     try:
         params = [p for p in encoder.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, instructions)
-        steps, epoch_loss = _run_epochs(encoder, head, split, instructions, device, params, optimizer, sparse)
+        steps, epoch_loss = _run_epochs(encoder, head, split, instructions, device, params, optimizer, sparse,
+                                        progress)
     finally:
         if sparse is not None:
             sparse.close()
@@ -63,7 +68,7 @@ def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, instructions: T
 
 def _run_epochs(encoder: nn.Module, head: nn.Module, split: Split, instructions: TrainInstructions,
                 device: torch.device, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                sparse: SparseUpdate | None) -> tuple[int, float]:
+                sparse: SparseUpdate | None, progress: str = "fine-tuning") -> tuple[int, float]:
     def step() -> None:
         if sparse is not None:
             sparse.mask_gradients()
@@ -76,7 +81,8 @@ def _run_epochs(encoder: nn.Module, head: nn.Module, split: Split, instructions:
     gen = torch.Generator().manual_seed(instructions.seed)
     dtype = params[0].dtype
     steps, epoch_loss = 0, 0.0
-    for _ in range(instructions.epochs):
+    for epoch in range(instructions.epochs):
+        epoch_start, epoch_steps = time.perf_counter(), steps
         epoch_loss = 0.0
         order = torch.arange(n) if instructions.full_batch else torch.randperm(n, generator=gen)
         if instructions.full_batch:
@@ -97,4 +103,7 @@ def _run_epochs(encoder: nn.Module, head: nn.Module, split: Split, instructions:
             step()
             steps += 1
         epoch_loss /= n
+        seconds = time.perf_counter() - epoch_start
+        log(INFO, "%s: epoch %d/%d, %d steps, loss %.4f, %.1f examples/s", progress, epoch + 1,
+            instructions.epochs, steps - epoch_steps, epoch_loss, n / max(seconds, 1e-9))
     return steps, epoch_loss

@@ -20,7 +20,6 @@ Usage: ``python -m atmflow.deploy.loopback --workdir .deploy [--tls] [--auth] [-
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import signal
 import subprocess
@@ -42,6 +41,7 @@ from atmflow.processes import (
     stop_processes_with_env,
     wait_for_port,
 )
+from atmflow.run_status import COMPLETED, RunStatus, parse_run_status
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATE_CERTS = ROOT / "docker" / "certs" / "generate.sh"
@@ -86,6 +86,7 @@ class LoopbackDeployment:
     superlink: subprocess.Popen[bytes] | None = None
     nodes: dict[str, Node] = field(default_factory=dict)
     port: int = 0
+    last_status: RunStatus | None = None  # the SuperLink's last reported status of the run (run_status)
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -209,12 +210,14 @@ class LoopbackDeployment:
         return (status if status.startswith("finished") else "timeout"), output
 
     def run_status(self, run_id: str) -> str:
-        """The SuperLink's status of a run (``flwr ls --run-id``), e.g. ``finished:completed``."""
+        """The SuperLink's status of a run (``flwr ls --run-id``), e.g. ``finished:completed``; the full record
+        (with the ServerApp's error of a failed run) is kept in :attr:`last_status`."""
         done = self.flwr("ls", "--run-id", run_id, "--format", "json", CONNECTION)
         try:
-            return str(json.loads(done.stdout)["runs"][0]["status"])
-        except (ValueError, KeyError, IndexError) as exc:
+            self.last_status = parse_run_status(done.stdout, run_id)
+        except ValueError as exc:
             raise RuntimeError(f"flwr ls --run-id {run_id} gave no status: {done.stdout}{done.stderr}") from exc
+        return self.last_status.status
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the SuperNodes, the SuperLink, then every process that carries this deployment's marker."""
@@ -256,7 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         status, _ = deployment.run(app, anchored_run_config(app, args.run_config))
     print(f"run {status} after {time.perf_counter() - started:.0f} s; logs in {args.workdir}",
           file=sys.stderr)
-    return 0 if status == "finished:completed" else 1
+    if status == COMPLETED:
+        return 0
+    record = deployment.last_status
+    why = record.error() if record is not None else f"run {status} (no status from the SuperLink)"
+    print(f"loopback: the run failed: {why}", file=sys.stderr, flush=True)
+    return 1
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from torch import nn
 
 from atmflow.models.family import ModelFamily
 from atmflow.models.heads import FrozenHead
+from atmflow.models.offline import hub_offline
 from atmflow.models.registry import WeightsUnavailableError
 from atmflow.paths import is_local_path
 
@@ -115,6 +116,7 @@ def resolve_weights(model: str, pretrained: str, cache_dir: str = "") -> tuple[s
 @lru_cache(maxsize=2)
 def load_clip(model: str, pretrained: str, cache_dir: str = "") -> tuple[nn.Module, Any, Any]:
     """(CLIP model in eval mode, float32 on the CPU; image preprocessing; tokenizer), loaded once."""
+    hub_offline()  # a tokenizer or config missing from the cache fails at once instead of retrying the hub
     open_clip = _open_clip()
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
@@ -198,6 +200,9 @@ class OpenCLIPFamily(ModelFamily):
 
     def check_available(self) -> None:
         resolve_weights(self.model, self.pretrained, self.cfg.hf_cache_dir)
+
+    def weights_file(self) -> str | None:
+        return resolve_weights(self.model, self.pretrained, self.cfg.hf_cache_dir)[0]
 
     def pretrained_encoder(self) -> CLIPImageEncoder:
         return CLIPImageEncoder(copy.deepcopy(self._loaded()[0].visual))

@@ -62,6 +62,13 @@ class ModelFamily(ABC):
         """Raise :class:`~atmflow.models.registry.WeightsUnavailableError` naming the missing weights,
         where they were looked for and the command that fetches them."""
 
+    def weights_file(self) -> str | None:
+        """The local file the pretrained weights are read from, for the run's provenance (its sha256);
+        None when there is no single file (random weights, a folder)."""
+        from pathlib import Path
+
+        return self.pretrained if Path(self.pretrained).expanduser().is_file() else None
+
     @abstractmethod
     def pretrained_encoder(self) -> nn.Module:
         """A fresh encoder (float32) holding the pretrained weights; callers may modify it."""

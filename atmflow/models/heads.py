@@ -4,7 +4,8 @@ In the papers the head is CLIP's zero-shot text head: fixed, weak but meaningful
 benchmark has no text tower, so it offers two frozen heads with the same role:
 
 * ``probe``: multinomial logistic regression fitted on the *pretrained* encoder's features of
-  ``probe-shots`` labelled training examples per class (seeded). Deterministic (lbfgs).
+  ``probe-shots`` labelled training examples per class (seeded). Deterministic (lbfgs, with
+  the BLAS threads pinned: :mod:`atmflow.threads`).
 * ``random``: seeded random unit-norm class rows on L2-normalised features, times a temperature
   (no labels used): ``logits = T * normalize(f) @ W^T``.
 
@@ -49,8 +50,11 @@ def probe_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -
     if missing:
         raise ValueError(f"probe head needs examples of every class; classes {missing} have none "
                          "in the training split (increase train-size)")
+    from atmflow.threads import limited
+
     clf = LogisticRegression(max_iter=2000)
-    clf.fit(features.double().numpy(), y)
+    with limited():  # scipy's BLAS, loaded with scikit-learn, follows num-threads like torch (lbfgs is then exact)
+        clf.fit(features.double().numpy(), y)
     coef, intercept = torch.from_numpy(clf.coef_), torch.from_numpy(clf.intercept_)
     if num_classes == 2:  # sklearn returns one row: logit(class 1) - logit(class 0)
         coef = torch.cat([torch.zeros_like(coef), coef])

@@ -87,6 +87,9 @@ class MobileNetV2Family(ModelFamily):
     def check_available(self) -> None:
         pretrained_weights_path()
 
+    def weights_file(self) -> str | None:
+        return str(pretrained_weights_path())
+
     def pretrained_encoder(self) -> MobileNetV2Encoder:
         return pretrained_encoder()
 

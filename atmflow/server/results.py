@@ -6,13 +6,14 @@ The per-round records and the accuracy summaries are in :mod:`atmflow.rounds.rec
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from atmflow.data.glue import GLUE_TASKS
 from atmflow.files import atomic_write_text
 from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy, normalized_accuracy
+from atmflow.server.provenance import header_lines
 
 METRIC_NAMES = {"accuracy": "accuracy", "matthews": "Matthews correlation", "f1": "F1"}
 
@@ -44,6 +45,7 @@ class RunResults:
     individual: Scores | None = None
     init: RoundRecord | None = None  # PH-ATM's starting point (the TA-merged model), if built here
     wall_s: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)  # versions, code, machine, model, head (provenance.py)
 
     def final(self) -> dict[str, Any]:
         last = self.rounds[-1].tasks
@@ -78,6 +80,7 @@ class RunResults:
             "rounds": rounds,
             "final": self.final(),
             "wall_s": self.wall_s,
+            "provenance": self.provenance,
         }
 
     @classmethod
@@ -90,7 +93,27 @@ class RunResults:
 
         return cls(data["strategy"], data["label"], data["config"], scores(data["pretrained"]) or {},
                    [record(r) for r in data["rounds"]], scores(data["individual"]),
-                   None if data["init"] is None else record(data["init"]), data["wall_s"])
+                   None if data["init"] is None else record(data["init"]), data["wall_s"],
+                   data.get("provenance") or {})
+
+    @property
+    def head(self) -> str:
+        """The head actually used (``auto`` resolved; from the provenance, else the configured name)."""
+        return str(self.provenance.get("head") or self.config.get("head", "?"))
+
+    def row_name(self, record: RoundRecord) -> str:
+        """A one-shot method's single round is named by the method (``TA``), an iterative round by its number."""
+        return self.label if self.strategy == "oneshot" and len(self.rounds) == 1 else f"round {record.round}"
+
+    def individual_note(self) -> list[str]:
+        """What the individual models are, and whether they bound the merged ones here."""
+        if not self.individual:
+            return []
+        above = avg_accuracy(self.individual) > avg_accuracy(self.pretrained)
+        bound = ("above the pretrained model, so an upper bound for merging" if above else
+                 "not above the pretrained model here, so not an upper bound (too little data or budget?)")
+        return ["", f"\"individual\": each task's own model, fine-tuned from the pretrained one for the whole "
+                    f"budget; {bound}. Normalized accuracy = accuracy / the individual model's."]
 
     def report(self) -> str:
         """A Markdown table a person reads in ten seconds."""
@@ -98,24 +121,27 @@ class RunResults:
         rows: list[tuple[str, Scores]] = [("pretrained", self.pretrained)]
         if self.init is not None:
             rows.append(("start: TA-merged", self.init.tasks))
-        rows += [(f"round {r.round}", r.tasks) for r in self.rounds]
+        rows += [(self.row_name(r), r.tasks) for r in self.rounds]
         if self.individual:
-            rows.append(("individual (upper bound)", self.individual))
+            rows.append(("individual", self.individual))
         lines = ["| model | " + " | ".join(tasks) + " | avg | normalized |", "|" + "---|" * (len(tasks) + 3)]
         for name, scores in rows:
             cells = " | ".join(f"{scores[t]['accuracy']:.3f}" if t in scores else "-" for t in tasks)
             norm = f"{normalized_accuracy(scores, self.individual):.3f}" if self.individual else "-"
             lines.append(f"| {name} | {cells} | {avg_accuracy(scores):.3f} | {norm} |")
         c, final = self.config, self.final()
+        rounds = len(self.rounds)
         plan = (f"1 round of {c['budget-epochs']} epochs" if self.strategy == "oneshot"
-                else f"{len(self.rounds)} rounds x {c['epochs-per-round']} epoch(s)")
+                else f"{rounds} round{'s' if rounds != 1 else ''} x {c['epochs-per-round']} epoch(s)")
         skipped = {t: why for r in self.rounds for t, why in r.missing.items()}
         lam = self.rounds[-1].extra.get("lambda")
         return "\n".join([
             f"# atmflow run `{c['run-name']}`: {self.label}",
             "",
+            *header_lines(self.provenance),
+            *([""] if self.provenance else []),
             f"Tasks: {', '.join(tasks)}. Plan: {plan}; merge `{self.rounds[-1].extra.get('merge', '?')}`"
-            + (f" with lambda {lam:g}" if lam is not None else "") + f". Seed {c['seed']}. Head: {c['head']}. "
+            + (f" with lambda {lam:g}" if lam is not None else "") + f". Seed {c['seed']}. Head: {self.head}. "
             f"Wall time {self.wall_s:.0f} s. Uploaded in the last round: {self.rounds[-1].bytes_up / 1e6:.1f} MB "
             f"({self.bytes_per_client_round() / 1e6:.2f} MB per client per round on average; fine-tuning "
             f"`{c.get('finetune', 'full')}`, transport `{c.get('transport-dtype', 'float32')}`). "
@@ -129,6 +155,7 @@ class RunResults:
             f"Final average accuracy **{final['avg_accuracy']:.3f}**"
             + (f", normalized accuracy **{final['normalized_accuracy']:.3f}**." if "normalized_accuracy" in final
                else "."),
+            *self.individual_note(),
             *official_metric_table(tasks, rows),
             *(["", f"Tasks skipped in some round: {skipped}."] if skipped else []),
             "",
@@ -145,6 +172,7 @@ class RunResults:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = [0] + [r.round for r in self.rounds]
@@ -158,6 +186,7 @@ class RunResults:
             ax.axhline(avg_accuracy(self.individual), color="black", linestyle="--", label="individual (avg)")
         ax.set(xlabel="round (0 = pretrained)", ylabel="test accuracy", ylim=(0, 1),
                title=f"{self.label}: {self.config['run-name']}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=100)

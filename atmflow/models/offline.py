@@ -1,0 +1,21 @@
+"""The Hugging Face hub is offline for every model atmflow loads.
+
+atmflow never downloads weights, configs or tokenizers at run time (README, "Two commands"): they come from
+installed packages, local folders or the local hub cache. Some loaders still try the hub first when a file
+is missing (open_clip's Hugging Face tokenizers, transformers' ``from_pretrained``), and without network
+that is ~20 s of retries before the error. :func:`hub_offline` sets ``HF_HUB_OFFLINE=1`` for this process
+(and its children) and in ``huggingface_hub``, which read it once at import, so that a missing model fails
+at once, with atmflow's message naming the command that fetches it.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def hub_offline() -> None:
+    """Hugging Face hub offline for this process from now on (idempotent; call before loading a model)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
