@@ -93,10 +93,17 @@ def load_start_checkpoint(path: str, pretrained: StateDict, expected: StateDict)
 
 
 def check_output_folder(out: Path) -> None:
-    """The run folder exists or can be made, and a file can be written in it (before any node works)."""
+    """The run folder exists or can be made, and a file can be written in it (before any node works).
+
+    Leaves nothing behind: the probe is a temporary folder in the nearest folder that exists, so a run
+    that fails later (e.g. at the handshake) has created no output folder."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        with tempfile.TemporaryDirectory(dir=existing):
             pass
     except OSError as err:
         raise RuntimeError(f"cannot write results to {out} ({err}); choose another output-dir or run-name, "
