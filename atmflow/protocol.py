@@ -54,6 +54,7 @@ OFFICIAL_METRICS = (MATTHEWS, F1)  # the official metrics a reply may carry besi
 FINETUNED = "finetuned-"  # prefix of the fine-tuned model's test scores in a train reply (evaluate-finetuned)
 FINETUNED_ACCURACY = FINETUNED + ACCURACY
 FINETUNED_LOSS = FINETUNED + LOSS
+FINETUNED_SCORES = (FINETUNED_ACCURACY, FINETUNED_LOSS)  # what a train reply must carry when evaluate-finetuned
 CACHE_HIT = "cache-hit"
 TALOS_CALIBRATION_S = "talos-calibration-s"
 TALOS_KEPT_FRACTION = "talos-kept-fraction"

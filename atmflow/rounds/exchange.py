@@ -21,7 +21,7 @@ A merged model is checked finite (:func:`require_finite`) before it is checkpoin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import WARNING
 from typing import Protocol
@@ -77,9 +77,12 @@ def metric_problem(key: str, value: object) -> str | None:
     return None
 
 
-def check_metrics(reply: Message, message_type: str) -> str | None:
-    """Why a train or evaluate reply's metrics are invalid (missing, not numbers, out of range), or None."""
-    required = REQUIRED_METRICS.get(message_type, ())
+def check_metrics(reply: Message, message_type: str, extra: Sequence[str] = ()) -> str | None:
+    """Why a train or evaluate reply's metrics are invalid (missing, not numbers, out of range), or None.
+
+    ``extra``: metrics the request asked for beyond its type's (e.g. the fine-tuned model's scores when
+    a train message says evaluate-finetuned)."""
+    required = (*REQUIRED_METRICS.get(message_type, ()), *extra)
     records = reply.content.metric_records
     if protocol.METRICS not in records:
         return f"no {protocol.METRICS!r} record (expected {list(required)})" if required else None
@@ -132,7 +135,8 @@ def reply_node(reply: Message, sent: Iterable[Message] = ()) -> int:
     return by_id.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
-def reply_problem(reply: Message, node: int, task: str, message_type: str | None) -> str | None:
+def reply_problem(reply: Message, node: int, task: str, message_type: str | None,
+                  extra: Sequence[str] = ()) -> str | None:
     """Why a (non-error) reply from ``node``, which holds ``task``, is invalid, or None."""
     claimed = protocol.reply_task(reply)
     if claimed is None:
@@ -140,7 +144,7 @@ def reply_problem(reply: Message, node: int, task: str, message_type: str | None
     if claimed != task:
         return (f"invalid reply from node {node}: field {protocol.TASK!r} claims task {claimed!r}, but the "
                 f"handshake mapped this node to task {task!r}")
-    problem = check_metrics(reply, message_type) if message_type is not None else None
+    problem = check_metrics(reply, message_type, extra) if message_type is not None else None
     return None if problem is None else f"invalid reply from node {node}: {problem}"
 
 
@@ -162,16 +166,16 @@ def client_error(reason: str) -> str:
     return text
 
 
-
 def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], phase: str,
-                    sent: Iterable[Message] = (), message_type: str | None = None) -> Replies:
+                    sent: Iterable[Message] = (), message_type: str | None = None,
+                    required: Sequence[str] = ()) -> Replies:
     """Map replies to task names; list the tasks that failed, did not answer or sent an invalid reply.
 
     The task of a reply is the one the handshake mapped to the node that answered (``node_tasks``),
     never what the reply claims (:func:`reply_problem`). Pass the messages that were ``sent`` (after
     sending, when they carry their ids) so that error replies are mapped to the node they concern
     (see :func:`reply_node`), and the ``message_type`` asked so that the metrics are checked
-    (:func:`check_metrics`).
+    (:func:`check_metrics`; ``required`` names the metrics the request asked for beyond its type's).
     """
     sent = list(sent)
     valid: dict[str, Message] = {}
@@ -186,7 +190,7 @@ def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], p
             problems[f"node {node}"] = (f"reply from node {node}, which holds none of the tasks "
                                         f"{sorted(node_tasks.values())}")
         elif task not in problems and task not in valid:
-            problem = reply_problem(reply, node, task, message_type)
+            problem = reply_problem(reply, node, task, message_type, required)
             if problem is None:
                 valid[task] = reply
             else:
@@ -198,10 +202,11 @@ def collect_replies(replies: Iterable[Message], node_tasks: Mapping[int, str], p
 
 
 def send_to_tasks(grid: Grid, node_tasks: Mapping[int, str], message_type: str,
-                  build: Callable[[str], RecordDict], timeout: float, phase: str) -> Replies:
+                  build: Callable[[str], RecordDict], timeout: float, phase: str,
+                  required: Sequence[str] = ()) -> Replies:
     messages = task_messages(node_tasks, message_type, lambda task: protocol.with_phase(build(task), phase))
     replies = grid.send_and_receive(messages, timeout=timeout)
-    return collect_replies(replies, node_tasks, phase, messages, message_type)
+    return collect_replies(replies, node_tasks, phase, messages, message_type, required)
 
 
 def check_arrays(arrays: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str | None:

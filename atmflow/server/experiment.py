@@ -61,14 +61,8 @@ def individual_scores(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pr
     instructions = individual_instructions(cfg)
     replies = send_to_tasks(grid, node_tasks, MessageType.TRAIN,
                             lambda _: protocol.train_request(pretrained, instructions),
-                            cfg.round_timeout, "individual fine-tuning")
-    for task, reply in sorted(replies.valid.items()):  # the scores this exchange asked for (evaluate-finetuned)
-        metrics = reply.content.metric_records[protocol.METRICS]
-        missing = [k for k in (protocol.FINETUNED_ACCURACY, protocol.FINETUNED_LOSS) if k not in metrics]
-        if missing:
-            replies.problems[task] = f"invalid reply: metric(s) {missing} missing"
-            del replies.valid[task]
-    replies.enforce(cfg.on_missing_task)
+                            cfg.round_timeout, "individual fine-tuning",
+                            required=protocol.FINETUNED_SCORES).enforce(cfg.on_missing_task)
     return finetuned_scores({t: dict(r.content.metric_records[protocol.METRICS]) for t, r in replies.valid.items()})
 
 
@@ -151,6 +145,7 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
     if saved is not None:
         node_tasks = discover_task_nodes(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout)
         state, start = saved
+        require_finite(start, f"the checkpoint of round {state['round']} in {out}")  # a file is not trusted
         results = RunResults.from_json(state["results"])
         log(INFO, "resuming %s after round %d", out, state["round"])
     else:  # the handshake also evaluates the pretrained encoder (one exchange instead of two)
@@ -171,9 +166,7 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
         results.rounds.append(record)
         results.wall_s = time.perf_counter() - started
         state = {"config": config, "results": results.to_json()}
-        weights = merged.to_torch_state_dict()
-        require_finite(weights, f"round {record.round}: the model to checkpoint")
-        save_checkpoint(out, record.round, weights, state)
+        save_checkpoint(out, record.round, merged.to_torch_state_dict(), state)  # checked finite when merged
 
     done = len(results.rounds)
     final = start
@@ -192,7 +185,6 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
         log(INFO, "individual fine-tuning: average test accuracy %.3f", avg_accuracy(results.individual))
 
     results.wall_s = time.perf_counter() - started
-    require_finite(final, "the final model")
     atomic_save_tensors(final, out / "final_encoder.safetensors")  # before the results that point at it
     results.write(out)
     log(INFO, "results written to %s", out.resolve())
