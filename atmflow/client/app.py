@@ -63,17 +63,15 @@ def foreign_task(context: Context) -> str | None:
 
 def node_data(context: Context, cfg: RunConfig, task: str) -> RunConfig:
     """The run config with this node's ``dataset-path`` (node config) as the task's data location."""
-    given = [k for k in (protocol.NODE_DATASET_PATH, protocol.NODE_DATA_PATH) if k in context.node_config]
-    if not given:
+    key = node_path_key(context)
+    if key is None:
         return cfg
-    if len(given) > 1:
-        raise ValueError("node config sets both dataset-path and data-path (its old name); keep dataset-path")
-    path = str(context.node_config[given[0]]).strip()
+    path = node_path(context)
     if not task_spec(task, cfg.task_file_path).locatable:
-        raise ValueError(f"node config {given[0]} is set, but task {task!r} reads its data from an installed "
-                         f"Python package, not a folder; remove {given[0]} from this SuperNode's --node-config")
+        raise ValueError(f"node config {key} is set, but task {task!r} reads its data from an installed "
+                         f"Python package, not a folder; remove {key} from this SuperNode's --node-config")
     if not path or "," in path or "=" in path:
-        raise ValueError(f"node config {given[0]} must be one folder or hub name without ',' or '='")
+        raise ValueError(f"node config {key} must be one folder or hub name without ',' or '='")
     sources = {**cfg.data_source_map, task: path}
     return cfg.model_copy(update={"data_sources": ",".join(f"{t}={w}" for t, w in sources.items())})
 
@@ -82,12 +80,18 @@ class NodeDataError(RuntimeError):
     """This node's data could not be loaded; the message sent to the server leaves out the node's path."""
 
 
+def node_path_key(context: Context) -> str | None:
+    """Which node-config key names this node's data: ``dataset-path``, its old name ``data-path``, or None."""
+    given = [k for k in (protocol.NODE_DATASET_PATH, protocol.NODE_DATA_PATH) if k in context.node_config]
+    if len(given) > 1:
+        raise ValueError("node config sets both dataset-path and data-path (its old name); keep dataset-path")
+    return given[0] if given else None
+
+
 def node_path(context: Context) -> str:
     """This node's ``dataset-path`` (or ``data-path``), "" when none is set."""
-    for key in (protocol.NODE_DATASET_PATH, protocol.NODE_DATA_PATH):
-        if key in context.node_config:
-            return str(context.node_config[key]).strip()
-    return ""
+    key = node_path_key(context)
+    return "" if key is None else str(context.node_config[key]).strip()
 
 
 def _setup(context: Context) -> tuple[RunConfig, str, LocalTask]:
