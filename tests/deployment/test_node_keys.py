@@ -19,6 +19,7 @@ from atmflow.client.app import app as client_app
 from atmflow.config import load_config
 from atmflow.deploy.loopback import generate_certificates
 from atmflow.models.mobilenet import pretrained_encoder
+from atmflow.preflight import check_node_keys
 from atmflow.server.experiment import run_experiment
 from atmflow.server.node_keys import NodeKeysError, load_node_keys
 from atmflow.server.nodes import discover_and_evaluate, discover_task_nodes
@@ -140,6 +141,14 @@ def test_a_bad_node_keys_file_is_refused_naming_it(tmp_path: Path, content: str,
         load_node_keys(str(path), TASKS)
     with pytest.raises(NodeKeysError, match="cannot read it"):
         load_node_keys(str(tmp_path / "missing.toml"), TASKS)
+
+
+def test_atmflow_validate_checks_the_node_keys_file(keys_file: Path, tmp_path: Path) -> None:
+    assert check_node_keys(load_config({"tasks": ",".join(TASKS), "node-keys-file": str(keys_file)})) == []
+    assert check_node_keys(load_config({"tasks": ",".join(TASKS)})) == []
+    cfg = load_config({"tasks": "mnist,digits,fashion-mnist", "node-keys-file": str(keys_file)})
+    assert check_node_keys(cfg) == [f"node-keys-file {keys_file}: no key for task(s) ['fashion-mnist']; every task "
+                                    "of the run needs its node's key (else any node could claim it)"]
 
 
 def test_an_rsa_key_is_refused(tmp_path: Path) -> None:
