@@ -176,6 +176,9 @@ class RunConfig(BaseModel):
     # Orchestration
     round_timeout: float = setting(3600.0, gt=0, outcome=False, resumable=True)
     node_wait_s: float = setting(120.0, gt=0, outcome=False, resumable=True)
+    # deployment: TOML file (on the ServerApp's machine) binding each task to its SuperNode's public key
+    # (atmflow.server.node_keys); "" = tasks are bound to the nodes that claim them in the handshake only
+    node_keys_file: str = setting("", outcome=False, resumable=True)
 
     @field_validator("tasks", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""Everything ``atmflow validate`` checks before a run: the model's weights and every task's data.
+"""Everything ``atmflow validate`` checks before a run: the model's weights, every task's data and
+the ``node-keys-file`` (when set; on the SuperLink's machine, where the ServerApp reads it).
 
 ``flwr run`` would find a missing data folder or missing weights only when a client loads its task;
 :func:`preflight` finds each such problem up front, on this machine, and names the task or key, the
@@ -52,9 +53,21 @@ def check_task(task: str, cfg: RunConfig) -> tuple[list[str], str]:
     return problems, summary
 
 
+def check_node_keys(cfg: RunConfig) -> list[str]:
+    """Problems with ``node-keys-file`` ([] = none set, or every task has a valid key there)."""
+    from atmflow.server.node_keys import NodeKeysError, load_node_keys
+
+    try:
+        if cfg.node_keys_file:
+            load_node_keys(cfg.node_keys_file, cfg.tasks)
+    except NodeKeysError as err:
+        return [str(err)]
+    return []
+
+
 def preflight(cfg: RunConfig, report: Report = print) -> list[str]:
-    """Check the model and every task (see module docstring); each problem is a line naming it."""
-    problems = check_model(cfg)
+    """Check the model, every task and the node keys (see module docstring); each problem is a line naming it."""
+    problems = check_model(cfg) + check_node_keys(cfg)
     if not problems:
         report(f"model OK: {cfg.model_family} {cfg.model_name} ({cfg.pretrained_source})")
     for task in cfg.tasks:

@@ -33,6 +33,7 @@ from atmflow.models.family import get_family
 from atmflow.rounds.exchange import GridEvaluator, require_finite, send_to_tasks
 from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy
 from atmflow.server.checkpoint import load_checkpoint, save_checkpoint
+from atmflow.server.node_keys import load_node_keys
 from atmflow.server.nodes import discover_and_evaluate, discover_task_nodes
 from atmflow.server.provenance import provenance
 from atmflow.server.results import RunResults
@@ -142,8 +143,10 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
     check_resumable(out, cfg, saved)
     start_file = (load_start_checkpoint(cfg.init_checkpoint, pretrained, expected)
                   if cfg.init_checkpoint and saved is None else None)
+    bound = load_node_keys(cfg.node_keys_file, cfg.tasks) if cfg.node_keys_file else None
     if saved is not None:
-        node_tasks = discover_task_nodes(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout)
+        node_tasks = discover_task_nodes(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout, bound,
+                                         cfg.on_missing_task)
         state, start = saved
         require_finite(start, f"the checkpoint of round {state['round']} in {out}")  # a file is not trusted
         results = RunResults.from_json(state["results"])
@@ -151,7 +154,7 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
     else:  # the handshake also evaluates the pretrained encoder (one exchange instead of two)
         node_tasks, base_scores = discover_and_evaluate(grid, cfg.tasks, cfg.node_wait_s, cfg.round_timeout,
                                                         ArrayRecord(pretrained), "test", "pretrained evaluation",
-                                                        cfg.on_missing_task)
+                                                        cfg.on_missing_task, bound)
         log(INFO, "round 0 (pretrained): average test accuracy %.3f", avg_accuracy(base_scores))
         results = RunResults(cfg.strategy, cfg.label, config, base_scores, [])
         results.provenance = provenance(cfg, family.weights_file())

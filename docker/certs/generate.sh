@@ -9,6 +9,8 @@
 #                              localhost, 127.0.0.1, superlink and every --san
 #   node-NAME, node-NAME.pub   one SuperNode authentication key pair per --node (ECDSA P-384,
 #                              OpenSSH format, as Flower 1.42 expects)
+#   node-keys.toml             NAME = "<node-NAME.pub>" for every --node: the run-config key
+#                              node-keys-file binds each task to its node's key (public; no secret)
 # Give ca.crt to every SuperNode (--root-certificates) and to `flwr` (root-certificates in the
 # connection); keep the *.key files and node private keys secret. Needs openssl and ssh-keygen.
 set -eu
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
             esac
             shift 2 ;;
         --node) nodes="$nodes $2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "generate.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -50,5 +52,11 @@ for node in $nodes; do
     rm -f "node-$node" "node-$node.pub"
     ssh-keygen -q -t ecdsa -b 384 -N "" -C "atmflow-$node" -f "node-$node"
 done
+if [ -n "$nodes" ]; then
+    {
+        echo "# task = its SuperNode's public key (run-config key node-keys-file; written by generate.sh)"
+        for node in $nodes; do printf '"%s" = "%s"\n' "$node" "$(cat "node-$node.pub")"; done
+    } > node-keys.toml
+fi
 chmod 600 ca.key server.key
 echo "generate.sh: wrote TLS files (SANs $sans)${nodes:+ and node keys for$nodes} to $out"

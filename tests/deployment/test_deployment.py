@@ -1,6 +1,7 @@
 """A real Flower deployment on loopback, as CI runs it without Docker: one ``flower-superlink`` and one
 ``flower-supernode`` per task as processes on 127.0.0.1, a 2-round PA-ATM submitted with
-``flwr run . deploy``; once over TLS with SuperNode authentication, once insecure with a SuperNode
+``flwr run . deploy``; once over TLS with SuperNode authentication and each task bound to its node's key
+(``node-keys-file``), once insecure with a SuperNode
 killed during round 2 and the run resumed. Every test stops exactly the processes it started (by
 PID, in the deployment's ``__exit__``, also when an assertion fails) and checks none is left."""
 
@@ -53,7 +54,9 @@ def test_pa_atm_over_tls_with_supernode_authentication(tmp_path: Path,
     out = tmp_path / "outputs"
     with LoopbackDeployment(tmp_path / "deploy", TASKS, tls=True, auth=True) as deployment:
         deployments.append(deployment)
-        status, log = deployment.run(ROOT, run_config(out, "tls"), timeout_s=900)
+        # each task bound to its node's key (generate.sh's node-keys.toml): the real grid reports the keys
+        keys = f"node-keys-file='{deployment.certs / 'node-keys.toml'}'"
+        status, log = deployment.run(ROOT, run_config(out, "tls", keys), timeout_s=900)
         assert status == "finished:completed", log[-3000:]
         registered = deployment.flwr("supernode", "list", "--format", "json", "deploy")
     superlink_log = (deployment.workdir / "superlink.log").read_text()

@@ -84,3 +84,65 @@ def test_tls_overlay_registers_every_node_key() -> None:
     script = services["register-supernodes"]["command"][0]
     tasks = load_config(app_defaults(ROOT)).tasks
     assert all(t in script.split(";")[0] for t in tasks), script
+
+
+def _published_host_ips(service: dict[str, Any]) -> list[str]:
+    """The host address of every port a service publishes ("" = every interface of the host)."""
+    ips = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):  # long syntax
+            ips.append(str(port.get("host_ip", "")))
+        else:  # [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]
+            parts = str(port).split(":")
+            ips.append(parts[0] if len(parts) == 3 else "")
+    return ips
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (Debian package docker-compose)")
+@pytest.mark.parametrize("overlays", OVERLAYS, ids=lambda o: "+".join(("compose.yml", *o)))
+def test_the_superlink_port_with_the_run_submission_api_is_published_on_loopback_only(
+        overlays: tuple[str, ...]) -> None:
+    """Flower 1.42 serves the Control API (run submission) on the SuperNodes' port: the host publishes it on
+    127.0.0.1 unless the operator sets SUPERLINK_PUBLISH_ADDRESS (docs/deployment.md, Security)."""
+    services = _config(*overlays)["services"]
+    published = {name: _published_host_ips(s) for name, s in services.items() if s.get("ports")}
+    assert published == {"superlink": ["127.0.0.1"]}, published
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (Debian package docker-compose)")
+@pytest.mark.parametrize("overlays", [o for o in OVERLAYS if "compose.tls.yml" in o],
+                         ids=lambda o: "+".join(("compose.yml", *o)))
+def test_each_service_mounts_only_its_own_keys(overlays: tuple[str, ...]) -> None:
+    services = _config(*overlays)["services"]
+    tasks = load_config(app_defaults(ROOT)).tasks
+    expected = {"superlink": {"ca.crt", "server.crt", "server.key", "node-keys.toml"},
+                "register-supernodes": {"ca.crt", *(f"node-{t}.pub" for t in tasks)},
+                "flwr": {"ca.crt"}}
+    for name, service in services.items():
+        mounts = [str(v).split(":") for v in service.get("volumes", [])]
+        certs = {Path(target).name: (Path(source).name, mode) for source, target, *mode in mounts
+                 if target.startswith("/certs")}
+        command = service.get("command", [])
+        task = _node_config(command).get("task") if command and command[0] == "flower-supernode" else None
+        want = {"ca.crt", f"node-{task}"} if task else expected[name]
+        assert set(certs) == want, f"{name} mounts {sorted(certs)}, expected only {sorted(want)}"
+        for target, (source, mode) in certs.items():  # one file each, under its own name, read-only
+            assert source == target and mode == ["ro"], f"{name}: {source} -> /certs/{target} {mode}"
+        referenced = [a.split("=", 1)[1] for a in command if "=/certs/" in a]
+        assert all(Path(p).name in certs for p in referenced), f"{name} uses {referenced} but mounts {sorted(certs)}"
+    run_config = services["flwr"]["command"][-1]
+    assert "node-keys-file='/certs/node-keys.toml'" in run_config  # read by the ServerApp, in the SuperLink
+
+
+def test_the_image_runs_as_a_non_root_user_that_owns_only_the_writable_folders() -> None:
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    users = [line.split(None, 1)[1].strip() for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), f"the image's last USER is {users[-1:] or 'unset (root)'}"
+    assert "ARG ATMFLOW_UID=10001" in dockerfile and "chown -R atmflow:atmflow /flwr /outputs /state" in dockerfile
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (Debian package docker-compose)")
+@pytest.mark.parametrize("overlays", OVERLAYS, ids=lambda o: "+".join(("compose.yml", *o)))
+def test_no_service_switches_back_to_root(overlays: tuple[str, ...]) -> None:
+    for name, service in _config(*overlays)["services"].items():
+        assert str(service.get("user", "atmflow")).split(":")[0] not in ("root", "0"), name
