@@ -32,6 +32,7 @@ from types import TracebackType
 
 from atmflow.app_config import anchored_run_config, resolve_config
 from atmflow.processes import (
+    command_line,
     flwr_bin,
     flwr_env,
     free_port,
@@ -87,6 +88,7 @@ class LoopbackDeployment:
     nodes: dict[str, Node] = field(default_factory=dict)
     port: int = 0
     last_status: RunStatus | None = None  # the SuperLink's last reported status of the run (run_status)
+    flwr_exit_code: int | None = None  # the exit code of the last ``flwr run`` (run)
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -116,6 +118,16 @@ class LoopbackDeployment:
         if self.tls:
             generate_certificates(self.certs, self.tasks if self.auth else ())
         self.port = free_port()
+        self.start_superlink()
+        self.write_connection()
+        for task in self.tasks:
+            if self.auth:
+                self.register_node(task)
+            self.start_node(task)
+        return self
+
+    def start_superlink(self) -> None:
+        """Start the SuperLink on :attr:`port` and wait until it listens."""
         # In-memory state: with a SQLite file, a busy machine made Flower's log stream fail with
         # "database is locked" mid-run (flwr run then exits 0 while the run goes on).
         cmd = [flwr_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
@@ -130,12 +142,18 @@ class LoopbackDeployment:
         log = self.workdir / "superlink.log"
         self.superlink = self._popen(cmd, log)
         wait_for_port(self.port, self.superlink, log)
-        self.write_connection()
-        for task in self.tasks:
-            if self.auth:
+
+    def restart_superlink(self, grace_s: float = 10.0) -> None:
+        """Stop the SuperLink (SIGTERM, as an operator's restart would) and start it again on the same port.
+
+        Its state is in memory, so the restarted SuperLink knows no run and no node: the running SuperNodes
+        reconnect on their own; with authentication their keys are registered again."""
+        if self.superlink is not None:
+            stop_process(self.superlink, grace_s)
+        self.start_superlink()
+        if self.auth:
+            for task in self.tasks:
                 self.register_node(task)
-            self.start_node(task)
-        return self
 
     def write_connection(self) -> None:
         """``$FLWR_HOME/config.toml`` with a connection named ``deploy`` to this SuperLink."""
@@ -177,6 +195,12 @@ class LoopbackDeployment:
             node.proc.wait()
         signal_all(processes_with_env(NODE_MARKER, f"{self.workdir}:{task}"), signal.SIGKILL)
 
+    def kill_serverapp(self) -> list[int]:
+        """Kill (SIGKILL, as a crash would) the ``flwr-serverapp`` processes of this deployment; their PIDs."""
+        pids = [pid for pid in processes_with_env(MARKER, str(self.workdir)) if "flwr-serverapp" in command_line(pid)]
+        signal_all(pids, signal.SIGKILL)
+        return pids
+
     def run(self, app_dir: Path, run_config: str = "", timeout_s: float = 3600.0,
             log_name: str = "flwr-run.log") -> tuple[str, str]:
         """``flwr run <app> deploy --stream``, then wait until the SuperLink reports the run finished.
@@ -199,6 +223,7 @@ class LoopbackDeployment:
                 pass
             finally:
                 stop_process(proc, grace_s=5.0)
+        self.flwr_exit_code = proc.returncode
         output = log.read_text()
         found = re.search(r"Successfully started run (\d+)", output)
         if found is None:
