@@ -7,7 +7,8 @@ round 2 is under way):
 * ``supernode``: the SuperNode of one task is killed (SIGKILL, with the ClientApp it runs); repaired
   by starting it again;
 * ``superlink``: the SuperLink is restarted (SIGTERM, then started again on the same port; its state
-  is in memory, so it forgets the run and the nodes, which reconnect on their own);
+  is in memory, so it forgets the run and the nodes); repaired by restarting the SuperNodes, which do
+  not rejoin a restarted SuperLink on their own (Flower 1.42);
 * ``serverapp``: the ``flwr-serverapp`` process is killed (SIGKILL); nothing to repair;
 * ``read-only``: the run folder is made read-only (``chmod a-w``; for root, which ignores the mode,
   ``chattr +i``); repaired by making it writable again.
@@ -40,6 +41,7 @@ from pathlib import Path
 from atmflow.app_config import app_defaults, parse_overrides
 from atmflow.deploy.loopback import ROOT, LoopbackDeployment
 from atmflow.files import atomic_write_text
+from atmflow.run_status import COMPLETED
 from atmflow.sim.local import run_inprocess
 
 TASKS = ("digits", "mnist")
@@ -121,12 +123,9 @@ def wait_for_round(run: Path, round_: int, timeout_s: float, thread: threading.T
 
 def submit(deployment: LoopbackDeployment, config: str, outcome: Outcome, timeout_s: float, log_name: str) -> None:
     """``deployment.run`` into ``outcome`` (for a thread): the status, error, exit code and end time."""
-    try:
-        outcome.status, outcome.output = deployment.run(ROOT, config, timeout_s=timeout_s, log_name=log_name)
-        if deployment.last_status is not None and not deployment.last_status.completed:
-            outcome.error = deployment.last_status.error()
-    except RuntimeError as err:  # e.g. a restarted SuperLink that no longer knows the run
-        outcome.status, outcome.error = "no status", str(err).splitlines()[0]
+    outcome.status, outcome.output = deployment.run(ROOT, config, timeout_s=timeout_s, log_name=log_name)
+    if outcome.status != COMPLETED:
+        outcome.error = deployment.failure(outcome.status)
     outcome.flwr_exit_code = deployment.flwr_exit_code
     outcome.ended = time.monotonic()
 
@@ -154,6 +153,10 @@ def restart_superlink(deployment: LoopbackDeployment, _: Path) -> None:
     deployment.restart_superlink()
 
 
+def restart_nodes(deployment: LoopbackDeployment, _: Path) -> None:
+    deployment.restart_nodes()
+
+
 def kill_serverapp(deployment: LoopbackDeployment, _: Path) -> None:
     deployment.kill_serverapp()
 
@@ -172,7 +175,8 @@ def nothing(_: LoopbackDeployment, __: Path) -> None:
 
 FAULTS: dict[str, tuple[str, Step, Step]] = {  # name: (what is done, the fault, the repair before resuming)
     "supernode": (f"SuperNode of {KILLED_TASK} killed (SIGKILL) in round 2", kill_node, restart_node),
-    "superlink": ("SuperLink restarted (SIGTERM, started again on its port) in round 2", restart_superlink, nothing),
+    "superlink": ("SuperLink restarted (SIGTERM, started again on its port) in round 2", restart_superlink,
+                  restart_nodes),
     "serverapp": ("flwr-serverapp killed (SIGKILL) in round 2", kill_serverapp, nothing),
     "read-only": ("run folder made read-only in round 2", lock_folder, unlock_folder),
 }

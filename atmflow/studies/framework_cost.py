@@ -196,6 +196,7 @@ def measure(way: str, cmd: list[str], out: Path, log: Path) -> Measured:
                 if not started and STARTED in line:
                     started.append(time.monotonic() - start)
                 sink.write(line)
+                sink.flush()
 
         reader = threading.Thread(target=read)
         reader.start()
