@@ -238,6 +238,7 @@ def run_one(way: str, run_config: str) -> int:
     cfg = resolve_config(ROOT, run_config)
     results = plain_pa_atm(cfg)
     out = Path(cfg.output_dir) / cfg.run_name
+    out.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(results.final, out / "final_encoder.safetensors")
     atomic_write_text(out / "plain.json", json.dumps({"pretrained": results.pretrained, "rounds": results.rounds,
                                                       "individual": results.individual}, indent=2))
