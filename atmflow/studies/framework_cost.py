@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -226,15 +227,13 @@ def way_command(way: str, out: Path, run_config: str) -> list[str]:
 def run_one(way: str, run_config: str) -> int:
     """The ``inprocess`` or ``plain`` way in this process, writing ``final_encoder.safetensors`` (and, for
     ``inprocess``, the run's usual outputs) to ``<output-dir>/<run-name>``."""
-    import logging
-
-    logging.basicConfig(level=INFO, format="%(asctime)s %(message)s")
     if way == "inprocess":
         from atmflow.sim.local import run_inprocess
 
         text = anchored_run_config(ROOT, run_config)
         run_inprocess({**app_defaults(ROOT), **parse_overrides(text)})
         return 0
+    logging.basicConfig(level=INFO, format="%(asctime)s %(message)s")  # the plain loop's lines (no Flower logger)
     cfg = resolve_config(ROOT, run_config)
     results = plain_pa_atm(cfg)
     out = Path(cfg.output_dir) / cfg.run_name
