@@ -88,6 +88,14 @@ def processes_with_env(key: str, value: str) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    """The command line of process ``pid`` (arguments joined by spaces; "" if it is gone)."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def signal_all(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
         try:

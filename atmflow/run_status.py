@@ -15,6 +15,11 @@ from dataclasses import dataclass
 
 COMPLETED = "finished:completed"
 SERVERAPP_PREFIX = "ServerApp failed with exception:"
+# Flower's status details when the ServerApp process stops reporting (killed, out of memory): what to add
+SERVERAPP_GONE = "No heartbeat received from the task"
+SERVERAPP_GONE_HINT = ("the ServerApp process stopped without a word (killed, or out of memory; see the SuperLink "
+                       "machine's log); the checkpoint of the last completed round stays, submit the run again "
+                       "with resume=true to continue from it")
 STARTED = re.compile(r"Successfully started run (\d+)")
 
 
@@ -39,6 +44,8 @@ class RunStatus:
         why = self.details.strip()
         if why.startswith(SERVERAPP_PREFIX):
             why = why[len(SERVERAPP_PREFIX):].strip()
+        if why == SERVERAPP_GONE:
+            why = f"{why}: {SERVERAPP_GONE_HINT}"
         return f"run {self.run_id} {self.status}" + (f": {why}" if why else "")
 
 

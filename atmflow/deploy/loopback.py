@@ -32,6 +32,7 @@ from types import TracebackType
 
 from atmflow.app_config import anchored_run_config, resolve_config
 from atmflow.processes import (
+    command_line,
     flwr_bin,
     flwr_env,
     free_port,
@@ -61,6 +62,13 @@ def generate_certificates(folder: Path, nodes: tuple[str, ...] = ()) -> Path:
     return folder
 
 
+LOST = "lost"  # run(): the SuperLink no longer knows the run
+
+
+class RunUnknownError(RuntimeError):
+    """The SuperLink reports no status for a run (it was restarted, and its state is in memory)."""
+
+
 @dataclass
 class Node:
     task: str
@@ -87,6 +95,8 @@ class LoopbackDeployment:
     nodes: dict[str, Node] = field(default_factory=dict)
     port: int = 0
     last_status: RunStatus | None = None  # the SuperLink's last reported status of the run (run_status)
+    flwr_exit_code: int | None = None  # the exit code of the last ``flwr run`` (run)
+    run_id: str = ""  # the id of the last run submitted (run)
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -116,6 +126,16 @@ class LoopbackDeployment:
         if self.tls:
             generate_certificates(self.certs, self.tasks if self.auth else ())
         self.port = free_port()
+        self.start_superlink()
+        self.write_connection()
+        for task in self.tasks:
+            if self.auth:
+                self.register_node(task)
+            self.start_node(task)
+        return self
+
+    def start_superlink(self) -> None:
+        """Start the SuperLink on :attr:`port` and wait until it listens."""
         # In-memory state: with a SQLite file, a busy machine made Flower's log stream fail with
         # "database is locked" mid-run (flwr run then exits 0 while the run goes on).
         cmd = [flwr_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
@@ -130,12 +150,27 @@ class LoopbackDeployment:
         log = self.workdir / "superlink.log"
         self.superlink = self._popen(cmd, log)
         wait_for_port(self.port, self.superlink, log)
-        self.write_connection()
-        for task in self.tasks:
-            if self.auth:
+
+    def restart_superlink(self, grace_s: float = 10.0) -> None:
+        """Stop the SuperLink (SIGTERM, as an operator's restart would) and start it again on the same port.
+
+        Its state is in memory, so the restarted SuperLink knows no run and no node (with authentication the
+        node keys are registered again here). Running SuperNodes do not rejoin it (Flower 1.42: their
+        heartbeat with the old node id is refused, 401, and they stop trying): :meth:`restart_nodes`."""
+        if self.superlink is not None:
+            stop_process(self.superlink, grace_s)
+        self.start_superlink()
+        if self.auth:
+            for task in self.tasks:
                 self.register_node(task)
+
+    def restart_nodes(self, grace_s: float = 10.0) -> None:
+        """Stop every SuperNode (SIGTERM, with the ClientApps it started) and start it again."""
+        for task, node in self.nodes.items():
+            if node.proc is not None:
+                stop_process(node.proc, grace_s)
+            stop_processes_with_env(NODE_MARKER, f"{self.workdir}:{task}", grace_s)
             self.start_node(task)
-        return self
 
     def write_connection(self) -> None:
         """``$FLWR_HOME/config.toml`` with a connection named ``deploy`` to this SuperLink."""
@@ -177,13 +212,20 @@ class LoopbackDeployment:
             node.proc.wait()
         signal_all(processes_with_env(NODE_MARKER, f"{self.workdir}:{task}"), signal.SIGKILL)
 
+    def kill_serverapp(self) -> list[int]:
+        """Kill (SIGKILL, as a crash would) the ``flwr-serverapp`` processes of this deployment; their PIDs."""
+        pids = [pid for pid in processes_with_env(MARKER, str(self.workdir)) if "flwr-serverapp" in command_line(pid)]
+        signal_all(pids, signal.SIGKILL)
+        return pids
+
     def run(self, app_dir: Path, run_config: str = "", timeout_s: float = 3600.0,
             log_name: str = "flwr-run.log") -> tuple[str, str]:
         """``flwr run <app> deploy --stream``, then wait until the SuperLink reports the run finished.
 
-        Returns the run's final status (``finished:completed``, ``finished:failed``, ...; or
-        ``timeout``) and the streamed output (also written to ``log_name``). The status comes from
-        ``flwr ls``, not from the exit code of ``flwr run``, which is 0 whenever the run was submitted.
+        Returns the run's final status (``finished:completed``, ``finished:failed``, ...; ``timeout``; or
+        :data:`LOST` when the SuperLink no longer knows the run: it was restarted, and its state is in
+        memory) and the streamed output (also written to ``log_name``). The status comes from ``flwr ls``,
+        not from the exit code of ``flwr run``, which is 0 whenever the run was submitted.
         """
         deadline = time.monotonic() + timeout_s
         cmd = [flwr_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream"]
@@ -199,14 +241,20 @@ class LoopbackDeployment:
                 pass
             finally:
                 stop_process(proc, grace_s=5.0)
+        self.flwr_exit_code = proc.returncode
         output = log.read_text()
         found = re.search(r"Successfully started run (\d+)", output)
         if found is None:
             raise RuntimeError(f"flwr run did not start a run; see {log}:\n{output[-2000:]}")
-        status = self.run_status(found.group(1))
-        while not status.startswith("finished") and time.monotonic() < deadline:
-            time.sleep(5.0)
-            status = self.run_status(found.group(1))
+        self.run_id = found.group(1)
+        try:
+            status = self.run_status(self.run_id)
+            while not status.startswith("finished") and time.monotonic() < deadline:
+                time.sleep(5.0)
+                status = self.run_status(self.run_id)
+        except RunUnknownError:
+            self.last_status = None
+            return LOST, output
         return (status if status.startswith("finished") else "timeout"), output
 
     def run_status(self, run_id: str) -> str:
@@ -216,8 +264,17 @@ class LoopbackDeployment:
         try:
             self.last_status = parse_run_status(done.stdout, run_id)
         except ValueError as exc:
-            raise RuntimeError(f"flwr ls --run-id {run_id} gave no status: {done.stdout}{done.stderr}") from exc
+            raise RunUnknownError(f"flwr ls --run-id {run_id} gave no status: {done.stdout}{done.stderr}") from exc
         return self.last_status.status
+
+    def failure(self, status: str) -> str:
+        """One line for a person on why the last run (which ended with ``status``, see :meth:`run`) failed."""
+        if status == LOST:
+            return (f"the SuperLink no longer knows run {self.run_id}: it was restarted or stopped, and it keeps its "
+                    "state in memory. Restart every SuperNode as well (they do not rejoin a restarted SuperLink), "
+                    "then submit the run again with resume=true")
+        record = self.last_status
+        return record.error() if record is not None else f"run {status} (no status from the SuperLink)"
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the SuperNodes, the SuperLink, then every process that carries this deployment's marker."""
@@ -261,9 +318,7 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     if status == COMPLETED:
         return 0
-    record = deployment.last_status
-    why = record.error() if record is not None else f"run {status} (no status from the SuperLink)"
-    print(f"loopback: the run failed: {why}", file=sys.stderr, flush=True)
+    print(f"loopback: the run failed: {deployment.failure(status)}", file=sys.stderr, flush=True)
     return 1
 
 

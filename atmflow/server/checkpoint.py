@@ -8,10 +8,13 @@ the JSON written last and atomically, so a run killed mid-write leaves the previ
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from atmflow.config import keys_with_role
@@ -20,14 +23,27 @@ from atmflow.files import atomic_save_tensors, atomic_write_text
 STATE_FILE = "checkpoint.json"
 
 
+@contextmanager
+def writing(folder: Path, what: str) -> Iterator[None]:
+    """A failed write in the run folder (made read-only, full disk) becomes one message naming the folder,
+    what was being written and what to do, instead of a file system or safetensors traceback."""
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        raise RuntimeError(f"cannot write {what} to {folder} ({err}); the run folder must stay writable while the "
+                           "run goes on: fix its permissions or free disk space, then submit the same run with "
+                           "resume=true (it continues after the last checkpoint in that folder)") from None
+
+
 def save_checkpoint(folder: Path, round_: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"checkpoint-round{round_}.safetensors"
-    atomic_save_tensors(weights, folder / name)
-    previous = load_state(folder)
-    atomic_write_text(folder / STATE_FILE, json.dumps({**state, "round": round_, "weights": name}, indent=2))
-    if previous and previous["weights"] != name:
-        (folder / previous["weights"]).unlink(missing_ok=True)
+    with writing(folder, f"the checkpoint of round {round_}"):
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"checkpoint-round{round_}.safetensors"
+        atomic_save_tensors(weights, folder / name)
+        previous = load_state(folder)
+        atomic_write_text(folder / STATE_FILE, json.dumps({**state, "round": round_, "weights": name}, indent=2))
+        if previous and previous["weights"] != name:
+            (folder / previous["weights"]).unlink(missing_ok=True)
 
 
 def load_state(folder: Path) -> dict[str, Any] | None:

@@ -32,7 +32,7 @@ from atmflow.merging.task_vectors import StateDict
 from atmflow.models.family import get_family
 from atmflow.rounds.exchange import GridEvaluator, require_finite, send_to_tasks
 from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy
-from atmflow.server.checkpoint import load_checkpoint, save_checkpoint
+from atmflow.server.checkpoint import load_checkpoint, save_checkpoint, writing
 from atmflow.server.node_keys import load_node_keys
 from atmflow.server.nodes import discover_and_evaluate, discover_task_nodes
 from atmflow.server.provenance import provenance
@@ -188,8 +188,9 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
         log(INFO, "individual fine-tuning: average test accuracy %.3f", avg_accuracy(results.individual))
 
     results.wall_s = time.perf_counter() - started
-    atomic_save_tensors(final, out / "final_encoder.safetensors")  # before the results that point at it
-    results.write(out)
+    with writing(out, "the final model and the results"):
+        atomic_save_tensors(final, out / "final_encoder.safetensors")  # before the results that point at it
+        results.write(out)
     log(INFO, "results written to %s", out.resolve())
     print(results.report(), flush=True)
     return results

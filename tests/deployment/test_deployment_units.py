@@ -19,7 +19,7 @@ from atmflow.client.app import app as client_app
 from atmflow.client.app import node_data
 from atmflow.config import load_config
 from atmflow.data.tasks import data_location
-from atmflow.deploy.loopback import GENERATE_CERTS, LoopbackDeployment, generate_certificates
+from atmflow.deploy.loopback import GENERATE_CERTS, LOST, LoopbackDeployment, RunUnknownError, generate_certificates
 from atmflow.models.mobilenet import pretrained_encoder
 from atmflow.rounds.exchange import (
     TaskFailureError,
@@ -212,3 +212,18 @@ def test_a_too_small_simulation_fails_at_once_naming_the_federation_config() -> 
                                            r'flwr run \. --federation-config "num-supernodes=4"'):
         discover_task_nodes(TwoNodeSimulation(), ("a", "b", "c", "d"), wait_s=120.0, timeout=60.0)
     assert time.monotonic() - start < 5
+
+
+def test_a_run_the_superlink_no_longer_knows_is_reported_with_what_to_do(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted SuperLink (state in memory) answers ``flwr ls`` without the run: a message, not a traceback."""
+    deployment = LoopbackDeployment(tmp_path, ("digits",))
+    answer = subprocess.CompletedProcess(["flwr", "ls"], 1, stdout='{"success": false, "error-message": "x"}',
+                                         stderr="")
+    monkeypatch.setattr(deployment, "flwr", lambda *args, **kwargs: answer)
+    with pytest.raises(RunUnknownError, match="flwr ls --run-id 42 gave no status"):
+        deployment.run_status("42")
+    deployment.run_id = "42"
+    message = deployment.failure(LOST)
+    assert "no longer knows run 42" in message and "Restart every SuperNode" in message
+    assert "resume=true" in message

@@ -68,3 +68,11 @@ def test_client_error_drops_rays_wrapping() -> None:
     assert client_error(RAY_REASON) == ("probe head needs examples of every class; classes [3] have none "
                                         "in the training split")
     assert client_error("  plain reason \n") == "plain reason"
+
+
+def test_a_serverapp_that_died_is_named_with_what_to_do() -> None:
+    """Flower reports a killed ServerApp only as a missed heartbeat; the error says what it means and what to do."""
+    status = parse_run_status(_ls(("7", "finished:failed", "No heartbeat received from the task", "2026-01-01")))
+    assert status.error().startswith("run 7 finished:failed: No heartbeat received from the task: the ServerApp "
+                                     "process stopped without a word (killed, or out of memory")
+    assert "resume=true" in status.error()
