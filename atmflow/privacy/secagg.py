@@ -230,9 +230,14 @@ def _unflatten(arrays: list[np.ndarray], expected: Mapping[str, torch.Tensor]) -
     return {k: torch.from_numpy(np.asarray(a)).to(expected[k].dtype) for k, a in zip(keys, arrays, strict=True)}
 
 
-def content_bytes(msg: Message) -> int:
+def payload_bytes(records: RecordDict) -> int:
     """The serialised size of a message's content (Flower's protobuf), as it travels."""
-    return 0 if msg.has_error() else recorddict_to_proto(msg.content).ByteSize()
+    return recorddict_to_proto(records).ByteSize()
+
+
+def content_bytes(msg: Message) -> int:
+    """:func:`payload_bytes` of a message's content (0 for an error reply)."""
+    return 0 if msg.has_error() else payload_bytes(msg.content)
 
 
 class RecordingGrid(Grid):

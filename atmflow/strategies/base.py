@@ -14,7 +14,6 @@ recorded as a :class:`RoundRecord` (scores, task-vector geometry, bytes, wall ti
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping
@@ -196,10 +195,10 @@ class TaskVectorStrategy(Strategy):
         record.avg_accuracy = avg_accuracy(record.tasks)
         record.wall_s = time.perf_counter() - self._started
         self.history.append(record)
-        cosine = record.geometry.get("mean_abs_cosine", math.nan)  # absent under secure aggregation
-        log(INFO, "round %d: average test accuracy %.3f (%s), mean |cos| %.3f, %.1f s, %.1f MB up", record.round,
+        cosine = record.geometry.get("mean_abs_cosine")  # absent under secure aggregation: no single vector
+        log(INFO, "round %d: average test accuracy %.3f (%s), mean |cos| %s, %.1f s, %.1f MB up", record.round,
             record.avg_accuracy, ", ".join(f"{t} {s['accuracy']:.3f}" for t, s in record.tasks.items()),
-            cosine, record.wall_s, record.bytes_up / 1e6)
+            "unknown (secure sum)" if cosine is None else f"{cosine:.3f}", record.wall_s, record.bytes_up / 1e6)
         if self.on_round_end is not None:
             self.on_round_end(record, self._merged)
         return MetricRecord({"avg-accuracy": record.avg_accuracy})
