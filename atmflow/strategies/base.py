@@ -115,16 +115,16 @@ class TaskVectorStrategy(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = self.absolute_round(server_round)
-        if self._secure is not None:
-            collected, inputs, sizes = self._secure_inputs(round_, self._secure)
-            geometry: dict[str, object] = {}  # the server sees only the sum: no single vector's norm or cosine
-            self._secure = None
+        secure, self._secure = self._secure, None
+        if secure is not None:
+            collected, inputs, sizes = self._secure_inputs(round_, secure)
         else:
             collected, inputs, sizes = self._plain_inputs(round_, replies)
-            geometry = task_vector_geometry(inputs.vectors)
         train = {t: dict(r.content.metric_records[protocol.METRICS]) for t, r in sorted(collected.valid.items())}
         inputs.num_examples = {t: m[protocol.NUM_EXAMPLES] for t, m in train.items()}
         collected.enforce(self.policy)
+        # under secure aggregation the server sees only the sum: no single vector's norm or cosine
+        geometry = {} if secure is not None else task_vector_geometry(inputs.vectors)
         merged = self.merge(self._base, inputs)
         require_finite(merged, f"round {round_}: the merged model ({self.merge_step.method})")
         self._pending = RoundRecord(
