@@ -31,6 +31,7 @@ from atmflow.data.tasks import VAL_MAX, own_task_specs, parse_data_sources, task
 from atmflow.data.text_tasks import TEXT_SMALL
 from atmflow.merging.registry import METHODS, config_params, get_rule, make_rule, rule_params, unknown_method_message
 from atmflow.models.registry import family_entry
+from atmflow.privacy.scope import secagg_problem
 
 
 def _kebab(name: str) -> str:
@@ -119,6 +120,16 @@ class RunConfig(BaseModel):
     merge_params: dict[str, float | int] = Field(default_factory=dict, exclude=True)  # {run-config key: value}
     tatr_exemplars: int = Field(128, ge=0)  # 0: zero-shot TATR (|tau| as the gradient estimate); else >= 16
     aggregation: Literal["uniform", "examples"] = "uniform"
+
+    # Privacy (docs/privacy.md): "secagg" = SecAgg+ secure aggregation, the server learns only the sum of a
+    # round's task vectors; "dp" / "secagg+dp" = differential privacy (not in this build)
+    privacy: Literal["none", "secagg", "dp", "secagg+dp"] = "none"
+    # SecAgg+: each task-vector entry must lie in [-c, c] (c = secagg-clipping-range; a node whose vector does
+    # not fails with a clear error) and is quantized to secagg-quantization-range levels over [-c, c]; a lost
+    # node is reconstructed when at least secagg-threshold of the shares answer (atmflow.privacy.secagg)
+    secagg_clipping_range: float = Field(1.0, gt=0)
+    secagg_quantization_range: int = Field(2**22, ge=2)
+    secagg_threshold: float = Field(0.75, gt=0, le=1)
 
     # Robustness and restarts
     on_missing_task: Literal["fail", "skip"] = "fail"
@@ -330,6 +341,19 @@ class RunConfig(BaseModel):
                              f"{self.model_family!r} needs")
         if self.amp == "bf16" and self.precision != "float32":
             raise ValueError("amp='bf16' (autocast) needs precision='float32' weights")
+        return self
+
+    @model_validator(mode="after")
+    def _check_privacy(self) -> RunConfig:
+        """``privacy``: what this build offers, and the merges that can run on a sum (atmflow.privacy.secagg)."""
+        if self.privacy in ("dp", "secagg+dp"):
+            raise ValueError(f"privacy={self.privacy!r}: differential privacy is not available in this build; "
+                             "use privacy='secagg' or 'none'")
+        if self.privacy == "secagg":
+            problem = secagg_problem(self.merge_method, self.aggregation, len(self.tasks),
+                                     self.secagg_quantization_range)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
     @property

@@ -19,6 +19,10 @@ evaluate   ``arrays``: weights; ``config``: split          ``metrics``: accuracy
 
 Every reply carries the sender's task name under ``task`` so the server never has to guess.
 
+Under ``privacy = "secagg"`` a train round is Flower's SecAgg+ protocol (four train exchanges; the task
+vector leaves the node quantized and masked, :mod:`atmflow.privacy.secagg`), and a train reply outside it
+carries no ``arrays`` (:func:`train_metrics_reply`).
+
 Official metrics. A node whose task has an official metric other than accuracy (GLUE CoLA: Matthews
 correlation; MRPC, QQP: F1 of the positive class; :data:`atmflow.data.glue.GLUE_TASKS`) sends it
 besides accuracy and loss, computed on the same predictions, under its name in
@@ -173,6 +177,12 @@ def train_reply(task: str, wire: ArrayRecord, spec: str, metrics: dict[str, floa
     if grads is not None:
         records[GRADS] = grads
     return content(**records)
+
+
+def train_metrics_reply(task: str, metrics: dict[str, float]) -> RecordDict:
+    """A train reply without the task vector (under secure aggregation, :mod:`atmflow.privacy.secagg`):
+    the task name and the train metrics only."""
+    return content(**{METRICS: MetricRecord(metrics), TASK: task_record(task)})
 
 
 def transport_spec(reply: Message) -> str | None:

@@ -32,9 +32,11 @@ from atmflow.data.tasks import task_spec
 from atmflow.logs import timestamped_logs
 from atmflow.merging import add_scaled, task_vector
 from atmflow.models.family import get_family
+from atmflow.privacy import secagg
+from atmflow.privacy.scope import uses_secagg
 from atmflow.threads import pin_threads
 
-app = ClientApp()
+app = ClientApp(mods=[secagg.secagg_mod])  # the stages of a secure round go through Flower's SecAgg+ mod
 
 
 def node_task(context: Context, cfg: RunConfig) -> str:
@@ -141,6 +143,8 @@ def train(msg: Message, context: Context) -> Message:
     The task vector travels encoded by :mod:`atmflow.transport` (sparse tensors as indices + values).
     With ``tatr-exemplars > 0`` the reply also carries TATR's gradient estimate at the received base.
     With ``cache-dir`` set, an earlier identical fine-tuning is reused (see :mod:`atmflow.client.cache`).
+    Under ``privacy = "secagg"`` the vector leaves the node only masked, inside a SecAgg+ round
+    (:mod:`atmflow.privacy.secagg`); a plain train request is answered with the metrics only.
     """
     cfg, task, local = _setup(context)
     received = protocol.requested_instructions(msg)
@@ -172,8 +176,14 @@ def train(msg: Message, context: Context) -> Message:
     if key and (cached is None or completed):
         cache.store(cfg.cache_dir, key, tau, metrics)
     metrics[protocol.CACHE_HIT] = float(cached is not None)
-    wire, spec = transport.encode(tau, cfg.transport_dtype)
-    content = protocol.train_reply(task, ArrayRecord(wire), spec, metrics, ArrayRecord(grads) if grads else None)
+    if secagg.is_secure_request(msg):  # Flower's SecAgg+ mod masks the vector and removes it from the reply
+        content = secagg.masked_train_reply(protocol.train_metrics_reply(task, metrics), tau,
+                                            cfg.secagg_clipping_range)
+    elif uses_secagg(cfg.privacy):  # a plain train request under secagg: no vector leaves this node unmasked
+        content = protocol.train_metrics_reply(task, metrics)
+    else:
+        wire, spec = transport.encode(tau, cfg.transport_dtype)
+        content = protocol.train_reply(task, ArrayRecord(wire), spec, metrics, ArrayRecord(grads) if grads else None)
     return Message(content=content, reply_to=msg)
 
 

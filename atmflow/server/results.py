@@ -12,6 +12,7 @@ from typing import Any
 
 from atmflow.data.glue import GLUE_TASKS
 from atmflow.files import atomic_write_text
+from atmflow.privacy.scope import SECURE_MODES
 from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy, normalized_accuracy
 from atmflow.server.provenance import header_lines
 
@@ -115,6 +116,15 @@ class RunResults:
         return ["", f"\"individual\": each task's own model, fine-tuned from the pretrained one for the whole "
                     f"budget; {bound}. Normalized accuracy = accuracy / the individual model's."]
 
+    def geometry_line(self) -> str:
+        """The last round's mean |cosine| between task vectors, or why there is none (secure aggregation:
+        the server saw only their sum, docs/privacy.md)."""
+        if self.config.get("privacy", "none") in SECURE_MODES:
+            return (f"Privacy `{self.config['privacy']}`: the server saw only the sum of each round's task vectors "
+                    "(SecAgg+); bytes are what each node sent over its four stages; no per-task norms or cosines.")
+        cosine = self.rounds[-1].geometry.get("mean_abs_cosine", float("nan"))
+        return f"Mean |cosine| between the last round's task vectors: {cosine:.3f}."
+
     def report(self) -> str:
         """A Markdown table a person reads in ten seconds."""
         tasks = list(self.pretrained)
@@ -145,8 +155,7 @@ class RunResults:
             f"Wall time {self.wall_s:.0f} s. Uploaded in the last round: {self.rounds[-1].bytes_up / 1e6:.1f} MB "
             f"({self.bytes_per_client_round() / 1e6:.2f} MB per client per round on average; fine-tuning "
             f"`{c.get('finetune', 'full')}`, transport `{c.get('transport-dtype', 'float32')}`). "
-            f"Mean |cosine| between the last round's task vectors: "
-            f"{self.rounds[-1].geometry.get('mean_abs_cosine', float('nan')):.3f}.",
+            + self.geometry_line(),
             "",
             "Test accuracy per task (each task's frozen head on the merged encoder):",
             "",

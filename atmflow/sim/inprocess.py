@@ -2,12 +2,15 @@
 
 Each "node" is a Flower ``Context`` with the simulation's node config (``partition-id``,
 ``num-partitions``); a message is delivered by calling the ``ClientApp`` directly. A ClientApp
-exception becomes an error reply, as in the real runtime. Used by the tests and the benchmark
+exception becomes an error reply, as in the real runtime. The node gets a copy of the message's content,
+as it would over the wire: what a node (or a mod such as SecAgg+'s) changes in it never reaches the server's
+objects. Used by the tests and the benchmark
 scripts, where a Ray start per run would cost more than the work.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import traceback
 from collections.abc import Iterable, Mapping
@@ -63,8 +66,11 @@ class InProcessGrid(Grid):
     def _deliver(self, message: Message) -> Message:
         node = message.metadata.dst_node_id
         message.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"
+        received = Message(content=copy.deepcopy(message.content), dst_node_id=node,
+                           message_type=message.metadata.message_type, group_id=message.metadata.group_id)
+        received.metadata.__dict__["_message_id"] = message.metadata.message_id
         try:
-            reply = self.client_app(message, self.contexts[node])
+            reply = self.client_app(received, self.contexts[node])
         except Exception as exc:  # noqa: BLE001 - turned into an error reply, like the runtime does
             reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
             reply = Message(error=Error(code=CLIENT_APP_EXCEPTION, reason=reason), reply_to=message)

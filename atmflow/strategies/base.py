@@ -4,7 +4,9 @@ Per round: send the current base to every task node (train); collect one task ve
 rejecting invalid replies (another task than the node's, missing or out-of-range metrics, arrays that
 do not fit the model: wrong tensors, shapes, dtypes, NaN / inf; :mod:`atmflow.rounds.exchange`);
 apply the ``on-missing-task`` policy; ``merge`` the task vectors into the next base (the
-subclass's rule), checked finite; then every task node tests the merged model on its test split. Each round is
+subclass's rule), checked finite (under ``privacy = "secagg"`` the train exchange is SecAgg+ and the server
+gets only the mean of the task vectors, :mod:`atmflow.privacy.secagg`); then every task node tests the
+merged model on its test split. Each round is
 recorded as a :class:`RoundRecord` (scores, task-vector geometry, bytes, wall time) and handed to
 ``on_round_end`` (the experiment checkpoints there).
 """
@@ -18,14 +20,16 @@ from collections.abc import Callable, Iterable, Mapping
 from logging import INFO
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from atmflow import protocol
 from atmflow.merging.task_vectors import StateDict
+from atmflow.privacy.secagg import SecureRound, secure_train_exchange
 from atmflow.rounds.exchange import (
+    Replies,
     array_bytes,
     check_arrays,
     collect_replies,
@@ -75,6 +79,7 @@ class TaskVectorStrategy(Strategy):
         self._merged: ArrayRecord | None = None
         self._extra: dict[str, object] = {}
         self._sent: list[Message] = []  # the last exchange's messages: error replies map back through them
+        self._secure: SecureRound | None = None  # a secure round's outcome, from configure_train to aggregate_train
 
     @abstractmethod
     def merge(self, base: StateDict, inputs: RoundInputs) -> StateDict:
@@ -85,24 +90,59 @@ class TaskVectorStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        """The round's train messages; under secure aggregation (``plan.secure``) the whole SecAgg+ exchange
+        runs here, over ``grid``, and no further message is sent (its outcome waits for :meth:`aggregate_train`)."""
         self._started = time.perf_counter()
         self._base = arrays.to_torch_state_dict()
         round_ = self.absolute_round(server_round)
         instructions = self.plan.round(round_)
         phase = f"round {round_} train"
-        self._sent = task_messages(self.node_tasks, MessageType.TRAIN,
-                                   lambda _: protocol.with_phase(protocol.train_request(arrays, instructions), phase))
+
+        def request(_: str) -> RecordDict:
+            return protocol.with_phase(protocol.train_request(arrays, instructions), phase)
+
+        if self.plan.secure is not None:
+            self._secure = secure_train_exchange(grid, self.node_tasks, request, self.expected, self.plan.secure,
+                                                 self.plan.round_timeout, phase, self._asked())
+            return []
+        self._sent = task_messages(self.node_tasks, MessageType.TRAIN, request)
         return self._sent
+
+    def _asked(self) -> tuple[str, ...]:
+        """The metrics a train reply must carry beyond the train metrics (the fine-tuned model's scores)."""
+        return protocol.FINETUNED_SCORES if self.plan.instructions.evaluate_finetuned else ()
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = self.absolute_round(server_round)
-        asked = protocol.FINETUNED_SCORES if self.plan.instructions.evaluate_finetuned else ()
+        secure, self._secure = self._secure, None
+        if secure is not None:
+            collected, inputs, sizes = self._secure_inputs(round_, secure)
+        else:
+            collected, inputs, sizes = self._plain_inputs(round_, replies)
+        train = {t: dict(r.content.metric_records[protocol.METRICS]) for t, r in sorted(collected.valid.items())}
+        inputs.num_examples = {t: m[protocol.NUM_EXAMPLES] for t, m in train.items()}
+        collected.enforce(self.policy)
+        # under secure aggregation the server sees only the sum: no single vector's norm or cosine
+        geometry = {} if secure is not None else task_vector_geometry(inputs.vectors)
+        merged = self.merge(self._base, inputs)
+        require_finite(merged, f"round {round_}: the merged model ({self.merge_step.method})")
+        self._pending = RoundRecord(
+            round=round_, tasks={}, avg_accuracy=0.0, wall_s=0.0, bytes_up=sum(sizes.values()),
+            bytes_up_per_task=sizes, train=train, geometry=geometry,
+            missing=dict(collected.problems), extra={"merge": self.merge_step.method, **self._extra},
+        )
+        self._extra = {}
+        mean_loss = sum(m[protocol.TRAIN_LOSS] for m in train.values()) / len(train)
+        return ArrayRecord(merged), MetricRecord({protocol.TRAIN_LOSS: mean_loss})
+
+    def _plain_inputs(self, round_: int, replies: Iterable[Message]) -> tuple[Replies, RoundInputs, dict[str, int]]:
+        """The valid replies of a plain round with their task vectors (and gradient estimates), and the bytes of
+        each task's arrays."""
         collected = collect_replies(replies, self.node_tasks, f"round {round_} train", self._sent, MessageType.TRAIN,
-                                    asked)
+                                    self._asked())
         inputs = RoundInputs(round_, {}, {}, {})
         sizes: dict[str, int] = {}
-        train: dict[str, dict[str, float]] = {}
         for task, reply in sorted(collected.valid.items()):
             records = reply.content.array_records
             try:
@@ -120,21 +160,19 @@ class TaskVectorStrategy(Strategy):
             inputs.vectors[task] = vector
             if grads:
                 inputs.grads[task] = grads
-            train[task] = dict(reply.content.metric_records[protocol.METRICS])
-            inputs.num_examples[task] = train[task][protocol.NUM_EXAMPLES]
             sizes[task] = sum(array_bytes(r) for r in records.values())
         collected.valid = {t: r for t, r in collected.valid.items() if t in inputs.vectors}
-        collected.enforce(self.policy)
-        merged = self.merge(self._base, inputs)
-        require_finite(merged, f"round {round_}: the merged model ({self.merge_step.method})")
-        self._pending = RoundRecord(
-            round=round_, tasks={}, avg_accuracy=0.0, wall_s=0.0, bytes_up=sum(sizes.values()),
-            bytes_up_per_task=sizes, train=train, geometry=task_vector_geometry(inputs.vectors),
-            missing=dict(collected.problems), extra={"merge": self.merge_step.method, **self._extra},
-        )
-        self._extra = {}
-        mean_loss = sum(m[protocol.TRAIN_LOSS] for m in train.values()) / len(train)
-        return ArrayRecord(merged), MetricRecord({protocol.TRAIN_LOSS: mean_loss})
+        return collected, inputs, sizes
+
+    @staticmethod
+    def _secure_inputs(round_: int, secure: SecureRound) -> tuple[Replies, RoundInputs, dict[str, int]]:
+        """A secure round's valid replies, and each delivering task's vector replaced by the secure mean
+        ``m`` of them all: the merges allowed under secagg depend on the vectors only through their sum,
+        which ``k`` copies of ``m`` reproduce (``sum_t m = k m = sum_t tau_t``; :mod:`atmflow.privacy.scope`).
+        Bytes: what each node sent over SecAgg+'s four stages."""
+        assert secure.mean is not None  # secure_train_exchange raises when it has no mean
+        vectors = {task: secure.mean for task in secure.replies.valid}
+        return secure.replies, RoundInputs(round_, vectors, {}, {}), secure.bytes_up
 
     def note(self, key: str, value: object) -> None:
         """Attach an extra result (e.g. a lambda-selection curve) to the current round's record."""
@@ -157,9 +195,10 @@ class TaskVectorStrategy(Strategy):
         record.avg_accuracy = avg_accuracy(record.tasks)
         record.wall_s = time.perf_counter() - self._started
         self.history.append(record)
-        log(INFO, "round %d: average test accuracy %.3f (%s), mean |cos| %.3f, %.1f s, %.1f MB up", record.round,
+        cosine = record.geometry.get("mean_abs_cosine")  # absent under secure aggregation: no single vector
+        log(INFO, "round %d: average test accuracy %.3f (%s), mean |cos| %s, %.1f s, %.1f MB up", record.round,
             record.avg_accuracy, ", ".join(f"{t} {s['accuracy']:.3f}" for t, s in record.tasks.items()),
-            record.geometry["mean_abs_cosine"], record.wall_s, record.bytes_up / 1e6)
+            "unknown (secure sum)" if cosine is None else f"{cosine:.3f}", record.wall_s, record.bytes_up / 1e6)
         if self.on_round_end is not None:
             self.on_round_end(record, self._merged)
         return MetricRecord({"avg-accuracy": record.avg_accuracy})

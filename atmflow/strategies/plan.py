@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from atmflow.config import RunConfig
 from atmflow.merging.registry import rule_params
+from atmflow.privacy.scope import uses_secagg
+from atmflow.privacy.secagg import SecAggSettings
 from atmflow.protocol import TrainInstructions
 from atmflow.strategies.merge_step import MergeStep
 
@@ -46,6 +48,8 @@ class RunPlan:
 
     ``oneshot``: one round of ``budget-epochs``, lambda chosen on validation from ``lambda_grid``;
     otherwise ATM: ``num_rounds`` rounds of ``epochs-per-round`` epochs (PH-ATM on the validation split).
+    ``secure``: SecAgg+'s settings when each round's task vectors are securely aggregated (``privacy =
+    "secagg"``: the server sees only their mean, :mod:`atmflow.privacy.secagg`), else None.
     """
 
     oneshot: bool
@@ -55,6 +59,7 @@ class RunPlan:
     lambda_grid: tuple[float, ...]
     round_timeout: float
     policy: str
+    secure: SecAggSettings | None = None
 
     @classmethod
     def from_config(cls, cfg: RunConfig, *, method: str | None = None, oneshot: bool | None = None) -> RunPlan:
@@ -65,13 +70,15 @@ class RunPlan:
         params = cfg.operator_params() if method == cfg.merge_method else rule_params(method, cfg.merge_params)
         step = MergeStep(method, params, cfg.aggregation)
         exemplars = cfg.tatr_exemplars if step.needs_gradients else 0
+        secure = (SecAggSettings(cfg.secagg_clipping_range, cfg.secagg_quantization_range, cfg.secagg_threshold)
+                  if uses_secagg(cfg.privacy) else None)
         if oneshot:
             instructions = train_instructions(cfg, epochs=cfg.budget_epochs, evaluate_finetuned=cfg.individual,
                                               tatr_exemplars=exemplars)
-            return cls(True, 1, instructions, step, cfg.lambda_grid, cfg.round_timeout, cfg.on_missing_task)
+            return cls(True, 1, instructions, step, cfg.lambda_grid, cfg.round_timeout, cfg.on_missing_task, secure)
         instructions = train_instructions(cfg, epochs=cfg.epochs_per_round, tatr_exemplars=exemplars,
                                           split="validation" if cfg.ph_atm else "train")
-        return cls(False, cfg.rounds, instructions, step, (), cfg.round_timeout, cfg.on_missing_task)
+        return cls(False, cfg.rounds, instructions, step, (), cfg.round_timeout, cfg.on_missing_task, secure)
 
     @classmethod
     def ta_start(cls, cfg: RunConfig) -> RunPlan:
