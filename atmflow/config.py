@@ -146,6 +146,8 @@ class RunConfig(BaseModel):
     finetune: Literal["full", "talos"] = setting("full", client=True)
     talos_sparsity: float = setting(0.9, ge=0, lt=1, client=True)
     talos_rounds: int = setting(4, ge=1, client=True)
+    # which model each calibration round scores: soft-masked (Algorithm 1) or unmasked (docs/talos.md)
+    talos_calibration: Literal["soft-masked", "unmasked"] = setting("soft-masked", client=True)
     transport_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # task vectors on the wire
 
     # Model family, model and frozen heads ("" / "auto": the family's default, atmflow.models.registry)

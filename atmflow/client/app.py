@@ -195,7 +195,8 @@ def _talos_mask(encoder: torch.nn.Module, local: LocalTask, instructions: protoc
         return None, {}
     start = time.perf_counter()
     mask = calibrate_mask(encoder, local.head, local.data.validation.x, sparsity=cfg.talos_sparsity,
-                          rounds=cfg.talos_rounds, seed=instructions.seed, device=local.device)
+                          rounds=cfg.talos_rounds, seed=instructions.seed, device=local.device,
+                          calibration=cfg.talos_calibration)
     seconds, kept = time.perf_counter() - start, mask_fraction(mask)
     log(INFO, "%s: TaLoS calibration, %d rounds in %.1f s, %.3f of the parameters fine-tuned", progress,
         cfg.talos_rounds, seconds, kept)
