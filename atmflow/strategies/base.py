@@ -43,12 +43,13 @@ from atmflow.transport import TransportError
 
 @dataclasses.dataclass
 class RoundInputs:
-    """What one round's replies delivered, by task."""
+    """What one round's replies delivered, by task (``train``: each reply's metrics)."""
 
     round: int
     vectors: dict[str, StateDict]
     grads: dict[str, StateDict]
     num_examples: dict[str, float]
+    train: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 class TaskVectorStrategy(Strategy):
@@ -102,7 +103,7 @@ class TaskVectorStrategy(Strategy):
                                     asked)
         inputs = RoundInputs(round_, {}, {}, {})
         sizes: dict[str, int] = {}
-        train: dict[str, dict[str, float]] = {}
+        train = inputs.train
         for task, reply in sorted(collected.valid.items()):
             records = reply.content.array_records
             try:
