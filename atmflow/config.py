@@ -15,7 +15,7 @@ the key), a value of the wrong type is a ConfigError naming its key (never a raw
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -72,33 +72,47 @@ def setting(default: Any = ..., *, client: bool = False, outcome: bool = True, r
 
 
 BENCHMARKS: dict[str, dict[str, Any]] = {"text-small": TEXT_SMALL}  # benchmark -> preset (kebab-case keys)
-STRATEGY_SHORTHANDS = {  # strategy -> (strategy, init, default merge)
-    "ta": ("oneshot", "pretrained", "ta"),
-    "pa-atm": ("atm", "pretrained", "mean"),
-    "ph-atm": ("atm", "ta", "mean"),
+STRATEGY_SHORTHANDS = {  # strategy -> (strategy, init, default merge, atm-split)
+    "ta": ("oneshot", "pretrained", "ta", "auto"),
+    "pa-atm": ("atm", "pretrained", "mean", "auto"),
+    "ph-atm": ("atm", "ta", "mean", "auto"),
+    "valft-atm": ("atm", "pretrained", "mean", "validation"),  # paper 000's valFT ATM (Sec. 6.5)
 }
+COEFFICIENT_GRID = tuple(round(0.05 * i, 2) for i in range(21))  # {0, 0.05, ..., 1.0}: paper 004, A.1
+
+
+def coefficient_grid(grid: Sequence[float], finetune: str, sparsity: float) -> tuple[float, ...]:
+    """The scaling coefficients searched for task vectors of fine-tuning mode ``finetune``: ``grid``, times
+    ``1 / (1 - sparsity)`` for TaLoS (paper 004, A.1: sparse task vectors have a lower norm, so the range is
+    stretched; sparsity 0.9 turns {0, 0.05, ..., 1} into {0, 0.5, ..., 10}). Task addition (the one-shot
+    lambda) and task negation (alpha) both search this grid."""
+    stretch = 1.0 / (1.0 - sparsity) if finetune == "talos" else 1.0
+    return tuple(v * stretch for v in grid)
 
 
 class RunConfig(BaseModel):
     """Everything a run needs. Defaults are the embedded default run (PA-ATM, 10 rounds x 1 epoch).
 
     Paper defaults kept here: the ATM merge step is the unweighted mean of the task vectors with
-    alpha = 1 (paper 000, Eq. 5); one-shot lambda chosen on validation from {0.1, ..., 1.0};
-    10 epochs budget per task; validation split = 10% of train (paper 001, Section 4); TIES k,
-    Breadcrumbs beta / gamma, DARE p as in paper 000 Section 5; TATR 1% trust fraction and 128
-    exemplars (paper 003). Learning rate 1e-4 is the measured working value for MobileNetV2
-    (the papers' 1e-5 is for CLIP ViT-B/16).
+    alpha = 1 (paper 000, Eq. 5), and any other operator inside ATM is applied as a mean with scaling 1
+    (paper 000, Sec. 6.1); one-shot lambda chosen from {0, 0.05, ..., 1.0} by normalized validation
+    accuracy (paper 004, A.1; stretched by 1 / (1 - sparsity) for TaLoS); 10 epochs budget per task;
+    validation split = 10% of train (paper 001, Section 4); TIES k (0.15), Breadcrumbs beta / gamma,
+    DARE p as in paper 000 Section 5; TATR 1% trust fraction and 128 exemplars (paper 003); TaLoS
+    sparsity 0.9, 4 soft-masked calibration rounds (paper 004). Learning rate 1e-4 is the measured
+    working value for MobileNetV2 (the papers' 1e-5 is for CLIP ViT-B/16).
     """
 
     model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True,
                               allow_inf_nan=False)
 
     # What runs. strategy shorthands: ta = oneshot + ta; pa-atm = atm from the pretrained model;
-    # ph-atm = atm from the TA-merged model, fine-tuning on the validation splits.
+    # ph-atm = atm from the TA-merged model, fine-tuning on the validation splits; valft-atm = atm from
+    # the pretrained model, fine-tuning on the validation splits (paper 000's valFT ATM).
     run_name: str = setting("default", pattern=r"^[A-Za-z0-9._-]+$", outcome=False)
     output_dir: str = setting("outputs", outcome=False)
     benchmark: Literal["", "text-small"] = ""  # a preset of the keys below (see BENCHMARKS)
-    strategy: Literal["oneshot", "atm", "ta", "pa-atm", "ph-atm"] = "atm"
+    strategy: Literal["oneshot", "atm", "ta", "pa-atm", "ph-atm", "valft-atm"] = "atm"
     tasks: tuple[str, ...] = ("fashion-mnist", "mnist", "animal-mnist", "digits")
     seed: int = setting(0, ge=0, client=True)
     individual: bool = True
@@ -110,13 +124,19 @@ class RunConfig(BaseModel):
     epochs_per_round: int = Field(1, ge=1)
     init: Literal["pretrained", "ta"] = "pretrained"
     init_checkpoint: str = ""  # PH-ATM from a merged encoder file (safetensors) instead of running TA
+    # the split ATM rounds fine-tune on; auto: validation for PH-ATM (a merged start), train otherwise
+    atm_split: Literal["auto", "train", "validation"] = "auto"
 
     # Merging: the operator (atmflow.merging.registry) and its parameters. Each parameter has its own
     # run-config key, declared by its rule (ties-k, breadcrumbs-beta, ...), collected in merge_params.
-    # merge-lambda 0 = the operator's own default scaling.
+    # merge-lambda 0 = not set: one-shot runs choose lambda from lambda-grid (else the operator's default
+    # scaling), ATM applies the operator as a mean with scaling 1 (paper 000, Sec. 6.1).
     merge: str = ""
     merge_lambda: float = Field(0.0, ge=0)
-    lambda_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    lambda_grid: tuple[float, ...] = COEFFICIENT_GRID
+    # how one-shot runs pick lambda on validation: normalized (mean of merged / fine-tuned validation
+    # accuracy per task, paper 004 A.1) or absolute (mean validation accuracy)
+    lambda_selection: Literal["normalized", "absolute"] = "normalized"
     merge_params: dict[str, float | int] = Field(default_factory=dict, exclude=True)  # {run-config key: value}
     tatr_exemplars: int = Field(128, ge=0)  # 0: zero-shot TATR (|tau| as the gradient estimate); else >= 16
     aggregation: Literal["uniform", "examples"] = "uniform"
@@ -157,6 +177,8 @@ class RunConfig(BaseModel):
     finetune: Literal["full", "talos"] = setting("full", client=True)
     talos_sparsity: float = setting(0.9, ge=0, lt=1, client=True)
     talos_rounds: int = setting(4, ge=1, client=True)
+    # which model each calibration round scores: soft-masked (Algorithm 1) or unmasked (docs/talos.md)
+    talos_calibration: Literal["soft-masked", "unmasked"] = setting("soft-masked", client=True)
     transport_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # task vectors on the wire
 
     # Model family, model and frozen heads ("" / "auto": the family's default, atmflow.models.registry)
@@ -249,10 +271,13 @@ class RunConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _expand_shorthand(cls, data: Any) -> Any:
-        """``strategy = "ta" | "pa-atm" | "ph-atm"`` -> strategy, init and default merge."""
+        """``strategy = "ta" | "pa-atm" | "ph-atm" | "valft-atm"`` -> strategy, init, default merge and ATM split."""
         if isinstance(data, dict) and data.get("strategy") in STRATEGY_SHORTHANDS:
-            strategy, init, merge = STRATEGY_SHORTHANDS[data["strategy"]]
-            data = {**data, "strategy": strategy, "init": init, "merge": data.get("merge") or merge}
+            strategy, init, merge, split = STRATEGY_SHORTHANDS[data["strategy"]]
+            given_split = data.get("atm-split", data.get("atm_split", "auto"))
+            data = {**data, "strategy": strategy, "init": init, "merge": data.get("merge") or merge,
+                    "atm-split": split if given_split == "auto" else given_split}
+            data.pop("atm_split", None)
         return data
 
     @field_validator("merge")
@@ -295,8 +320,8 @@ class RunConfig(BaseModel):
     @classmethod
     def _parse_grid(cls, value: Any) -> tuple[float, ...]:
         grid = _float_list(value)
-        if any(v <= 0 for v in grid):
-            raise ValueError("every lambda in the grid must be > 0")
+        if any(v < 0 for v in grid):
+            raise ValueError("every lambda in the grid must be >= 0 (0 = the pretrained model)")
         return grid
 
     @model_validator(mode="after")
@@ -331,6 +356,9 @@ class RunConfig(BaseModel):
                              f"not for merge={self.merge_method!r}")
         if self.init_checkpoint and self.strategy != "atm":
             raise ValueError("init-checkpoint starts an ATM run (PH-ATM); it needs strategy='atm'")
+        if self.atm_split != "auto" and self.strategy != "atm":
+            raise ValueError("atm-split sets the split of ATM rounds; a one-shot run fine-tunes on train "
+                             "(use strategy='atm', 'pa-atm', 'ph-atm' or 'valft-atm', or leave atm-split='auto')")
         entry = family_entry(self.model_family)
         if self.head != "auto" and self.head not in entry.heads:
             raise ValueError(f"head={self.head!r} is not available for model-family {self.model_family!r}; "
@@ -388,8 +416,16 @@ class RunConfig(BaseModel):
 
     @property
     def ph_atm(self) -> bool:
-        """PH-ATM: ATM that starts from a merged model and fine-tunes on the validation splits."""
+        """PH-ATM: ATM that starts from a merged model (TA or ``init-checkpoint``)."""
         return self.strategy == "atm" and (self.init == "ta" or bool(self.init_checkpoint))
+
+    @property
+    def atm_finetune_split(self) -> str:
+        """The split ATM rounds fine-tune on: ``atm-split``, or for ``auto`` validation for PH-ATM (paper
+        001) and train otherwise."""
+        if self.atm_split != "auto":
+            return self.atm_split
+        return "validation" if self.ph_atm else "train"
 
     @property
     def num_rounds(self) -> int:
@@ -397,10 +433,11 @@ class RunConfig(BaseModel):
 
     @property
     def label(self) -> str:
-        """A short name for reports: TA, TIES, PA-ATM10, PH-ATM10 (ties), ..."""
+        """A short name for reports: TA, TIES, PA-ATM10, PH-ATM10 (ties), valFT-ATM10, ..."""
         if self.strategy == "oneshot":
             return get_rule(self.merge_method).display_name()
-        name = f"{'PH' if self.ph_atm else 'PA'}-ATM{self.rounds}"
+        kind = "PH" if self.ph_atm else "valFT" if self.atm_finetune_split == "validation" else "PA"
+        name = f"{kind}-ATM{self.rounds}"
         return name if self.merge_method == "mean" else f"{name} ({self.merge_method})"
 
     @property

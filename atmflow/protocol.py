@@ -10,7 +10,8 @@ train      ``arrays``: base weights; ``config``: epochs,   ``arrays``: task vect
            full-batch, seed, evaluate-finetuned, split,    as ``transport``'s spec says (sparse tensors
            tatr-exemplars                                  as indices + values); ``metrics``: train-loss,
                                                            num-examples, steps, wall-s [, finetuned-
-                                                           accuracy/-loss, talos-*]; ``grads`` (if
+                                                           accuracy/-loss/-validation-accuracy,
+                                                           talos-*]; ``grads`` (if
                                                            tatr-exemplars > 0): E|grad L| at the
                                                            received base (paper 003, Eq. 6)
 evaluate   ``arrays``: weights; ``config``: split          ``metrics``: accuracy, loss, num-examples
@@ -58,7 +59,11 @@ OFFICIAL_METRICS = (MATTHEWS, F1)  # the official metrics a reply may carry besi
 FINETUNED = "finetuned-"  # prefix of the fine-tuned model's test scores in a train reply (evaluate-finetuned)
 FINETUNED_ACCURACY = FINETUNED + ACCURACY
 FINETUNED_LOSS = FINETUNED + LOSS
-FINETUNED_SCORES = (FINETUNED_ACCURACY, FINETUNED_LOSS)  # what a train reply must carry when evaluate-finetuned
+# the fine-tuned model's accuracy on the node's validation split: one-shot lambda selection by normalized
+# validation accuracy divides by it (paper 004, A.1)
+FINETUNED_VALIDATION_ACCURACY = FINETUNED + "validation-" + ACCURACY
+# what a train reply must carry when evaluate-finetuned
+FINETUNED_SCORES = (FINETUNED_ACCURACY, FINETUNED_LOSS, FINETUNED_VALIDATION_ACCURACY)
 CACHE_HIT = "cache-hit"
 TALOS_CALIBRATION_S = "talos-calibration-s"
 TALOS_KEPT_FRACTION = "talos-kept-fraction"

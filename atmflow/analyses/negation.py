@@ -21,14 +21,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-BASE_GRID = tuple(round(0.05 * i, 2) for i in range(21))
+from atmflow.config import COEFFICIENT_GRID, coefficient_grid
+
 CONTROL_KEEP = 0.95
-
-
-def alpha_grid(finetune: str, sparsity: float) -> list[float]:
-    """A.1: ``{0, 0.05, ..., 1}``, times ``1 / (1 - sparsity)`` for TaLoS."""
-    scale = 1.0 / (1.0 - sparsity) if finetune == "talos" else 1.0
-    return [a * scale for a in BASE_GRID]
 
 
 def choose_alpha(curve: list[dict[str, float]], control_floor: float) -> dict[str, float]:
@@ -48,7 +43,7 @@ def negate(tv: Any, target: str, control: str) -> dict[str, Any]:
     evaluate = tv.evaluator([target, control])
     before_val = evaluate(tv.pretrained, "validation")
     curve = []
-    for alpha in alpha_grid(cfg.finetune, cfg.talos_sparsity):
+    for alpha in coefficient_grid(COEFFICIENT_GRID, cfg.finetune, cfg.talos_sparsity):
         scores = evaluate(add_scaled(tv.pretrained, tv.vectors[target], -alpha), "validation")
         curve.append({"alpha": alpha, "target": scores[target]["accuracy"], "control": scores[control]["accuracy"]})
     best = choose_alpha(curve, CONTROL_KEEP * before_val[control]["accuracy"])

@@ -168,11 +168,7 @@ def train(msg: Message, context: Context) -> Message:
         tau, metrics = cached
         encoder.load_state_dict(add_scaled(base, tau, 1.0))
         log(INFO, "%s: fine-tuning reused from the cache (%s)", progress, cfg.cache_dir)
-    wanted = (protocol.ACCURACY, protocol.LOSS, *official_metric_names(task))
-    completed = instructions.evaluate_finetuned and any(protocol.FINETUNED + k not in metrics for k in wanted)
-    if completed:
-        scores = _evaluate(task, encoder, local, local.data.test, f"{progress}, evaluation of its model on test")
-        metrics.update({protocol.FINETUNED + k: v for k, v in scores.items()})
+    completed = instructions.evaluate_finetuned and _score_finetuned(task, encoder, local, metrics, progress)
     if key and (cached is None or completed):
         cache.store(cfg.cache_dir, key, tau, metrics)
     metrics[protocol.CACHE_HIT] = float(cached is not None)
@@ -185,6 +181,25 @@ def train(msg: Message, context: Context) -> Message:
         wire, spec = transport.encode(tau, cfg.transport_dtype)
         content = protocol.train_reply(task, ArrayRecord(wire), spec, metrics, ArrayRecord(grads) if grads else None)
     return Message(content=content, reply_to=msg)
+
+
+def _score_finetuned(task: str, encoder: torch.nn.Module, local: LocalTask, metrics: dict[str, float],
+                     progress: str) -> bool:
+    """Add the fine-tuned model's scores that ``metrics`` lacks (a cached entry may hold only some): its test
+    scores (``finetuned-<metric>``, the individual bound) and its validation accuracy (normalized lambda
+    selection). True when something was added."""
+    added = False
+    wanted = (protocol.ACCURACY, protocol.LOSS, *official_metric_names(task))
+    if any(protocol.FINETUNED + k not in metrics for k in wanted):
+        scores = _evaluate(task, encoder, local, local.data.test, f"{progress}, evaluation of its model on test")
+        metrics.update({protocol.FINETUNED + k: v for k, v in scores.items()})
+        added = True
+    if protocol.FINETUNED_VALIDATION_ACCURACY not in metrics:
+        scores = _evaluate(task, encoder, local, local.data.validation,
+                           f"{progress}, evaluation of its model on validation")
+        metrics[protocol.FINETUNED_VALIDATION_ACCURACY] = scores[protocol.ACCURACY]
+        added = True
+    return added
 
 
 def _evaluate(task: str, encoder: torch.nn.Module, local: LocalTask, split: Split, progress: str) -> dict[str, float]:
@@ -205,7 +220,8 @@ def _talos_mask(encoder: torch.nn.Module, local: LocalTask, instructions: protoc
         return None, {}
     start = time.perf_counter()
     mask = calibrate_mask(encoder, local.head, local.data.validation.x, sparsity=cfg.talos_sparsity,
-                          rounds=cfg.talos_rounds, seed=instructions.seed, device=local.device)
+                          rounds=cfg.talos_rounds, seed=instructions.seed, device=local.device,
+                          calibration=cfg.talos_calibration)
     seconds, kept = time.perf_counter() - start, mask_fraction(mask)
     log(INFO, "%s: TaLoS calibration, %d rounds in %.1f s, %.3f of the parameters fine-tuned", progress,
         cfg.talos_rounds, seconds, kept)

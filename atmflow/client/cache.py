@@ -29,6 +29,8 @@ def cache_key(base: dict[str, torch.Tensor], instructions: TrainInstructions, ta
         digest.update(name.encode())
         digest.update(base[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     settings = cfg.client_settings()
+    if cfg.finetune != "talos":  # it does not change a full fine-tuning, whose entries keep their earlier keys
+        del settings["talos-calibration"]
     fields = {**dataclasses.asdict(instructions), "evaluate_finetuned": None, "tatr_exemplars": None}
     digest.update(json.dumps({"task": task, "instructions": fields, "settings": settings},
                              sort_keys=True).encode())

@@ -16,11 +16,26 @@ Mask calibration (Algorithm 1, lines 1-19; A.2): ``R = talos-rounds`` rounds; ro
 of maskable parameters and ``k = 1 - talos-sparsity`` the final kept fraction (paper default
 sparsity 0.9: 90% of the maskable parameters are frozen, 10% are fine-tuned). Parameters dropped in
 an earlier round are not ranked again (A.2), so after round R exactly ``round(k * m)`` are kept.
-Labels are resampled every round (seeded), which is what makes the rounds refine a noisy estimate.
+Labels are resampled every round (seeded).
 
-Deviation, documented: Algorithm 1 samples from ``p_{c * theta_0}``, the Pruning-at-Initialization
-convention in which masked weights are (soft-)zeroed. In TaLoS a masked parameter is *frozen*, not
-removed: the model being fine-tuned is theta_0 itself, so every round scores theta_0 (Eq. 7).
+Which model each round scores (``talos-calibration``):
+
+* ``soft-masked`` (default; Algorithm 1, lines 7-8, and the authors' code): round ``r`` samples labels
+  from and differentiates ``p_{c * theta_0}``, where ``c`` is the mask of round ``r - 1``: kept
+  parameters at their value, parameters dropped so far multiplied by :data:`SOFT_MASK` (0.1, the
+  authors' ``pruners.py``; A.2: "some positive value close to zero", so that no layer collapses).
+  Round 1 scores theta_0 itself (``c = 1``). The rounds then re-score the remaining parameters in the
+  model without the ones already dropped, as in Pruning-at-Initialization. Gradients are taken with
+  respect to the scored weights ``c * theta_0``; on the kept parameters (the only ones ranked) ``c = 1``,
+  so this is Algorithm 1's gradient with respect to theta.
+* ``unmasked``: every round scores theta_0 (Eq. 7 read literally): the rounds only re-rank the same
+  scores with resampled labels. Kept as a documented variant.
+
+Ties (parameters whose scores are equal at the threshold, e.g. the many exact zeros of parameters
+that do not affect the output on the calibration data): the kept ones are drawn at random among the
+tied entries (seeded, from the round's generator), never by their position in the model. The authors'
+code keeps every entry tied with the threshold (``score <= t``), which can keep far more than the
+requested fraction when many scores are exactly 0; here the count is exact.
 
 Maskable parameters (A.2: "Linear, Attention, LayerNorm and Convolutional layers; embedding layers
 and final projection layers are kept frozen"), by module type so it holds for any encoder: every
@@ -51,6 +66,8 @@ MASKABLE_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 PER_EXAMPLE_BUDGET = 2**28  # bytes of per-example gradients held at once during calibration
+SOFT_MASK = 0.1  # factor of the parameters dropped so far, in soft-masked calibration (the authors' code)
+CALIBRATIONS = ("soft-masked", "unmasked")  # talos-calibration: which model each round scores
 Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor of its shape (True = fine-tuned)
 
 
@@ -70,21 +87,25 @@ def kept_count(total: int, sparsity: float, round_: int, rounds: int) -> int:
 
 
 def fisher_diagonal(model: nn.Module, head: nn.Module, x: torch.Tensor, names: list[str],
-                    generator: torch.Generator, device: torch.device) -> torch.Tensor:
+                    generator: torch.Generator, device: torch.device,
+                    weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Eq. 7 over the examples ``x``, flattened in the order of ``names``: the mean of the squared
     per-example gradients of ``log p(y | x_i)``, one label ``y`` per example sampled from the model's
-    own softmax. Per-example gradients are computed in vectorised chunks (``torch.func.vmap``) of at
-    most :data:`PER_EXAMPLE_BUDGET` bytes of gradients."""
+    own softmax. ``weights`` (by name, for ``names``) replaces those parameters' values in the scored
+    model (soft-masked calibration: ``c * theta_0``); default: the model's own. Per-example gradients are
+    computed in vectorised chunks (``torch.func.vmap``) of at most :data:`PER_EXAMPLE_BUDGET` bytes."""
     model.to(device).eval()
     head.to(device).eval()
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
-    chosen = {n: params[n] for n in names}
+    chosen = {n: (params[n] if weights is None else weights[n].to(device)) for n in names}
     dtype = next(iter(chosen.values())).dtype
 
+    def logits(selected: dict[str, torch.Tensor], xs: torch.Tensor) -> torch.Tensor:
+        return head(functional_call(model, ({**params, **selected}, buffers), (xs,)))
+
     def log_likelihood(selected: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        logits = head(functional_call(model, ({**params, **selected}, buffers), (xi[None],)))
-        return -nn.functional.cross_entropy(logits, yi[None])
+        return -nn.functional.cross_entropy(logits(selected, xi[None]), yi[None])
 
     per_example = vmap(grad(log_likelihood), in_dims=(None, 0, 0))
     total = torch.zeros(sum(p.numel() for p in chosen.values()), dtype=torch.float64)
@@ -92,18 +113,45 @@ def fisher_diagonal(model: nn.Module, head: nn.Module, x: torch.Tensor, names: l
     for i in range(0, len(x), chunk):
         xs = batch_to(x[i : i + chunk], device, dtype)
         with torch.no_grad():
-            probs = torch.softmax(head(model(xs)).double().cpu(), dim=-1)
+            probs = torch.softmax(logits(chosen, xs).double().cpu(), dim=-1)
         ys = torch.multinomial(probs, 1, generator=generator).reshape(-1).to(device)
         grads = per_example(chosen, xs, ys)
         total += torch.cat([grads[n].square().sum(0).reshape(-1).cpu() for n in names]).double()
     return total / len(x)
 
 
+def lowest(scores: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """A bool vector marking the ``count`` lowest ``scores``; entries tied with the ``count``-th lowest
+    value are drawn at random (``generator``) for the places left, never taken by position."""
+    keep = torch.zeros(len(scores), dtype=torch.bool)
+    if count == 0:
+        return keep
+    threshold = torch.kthvalue(scores, count).values
+    keep = scores < threshold
+    tied = torch.nonzero(scores == threshold).reshape(-1)
+    places = count - int(keep.sum())
+    if places < len(tied):
+        tied = tied[torch.randperm(len(tied), generator=generator)[:places]]
+    keep[tied] = True
+    return keep
+
+
+def soft_masked(model: nn.Module, names: list[str], sizes: list[int], active: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``c * theta_0`` for ``names``: kept entries (``active``) at their value, the others times :data:`SOFT_MASK`."""
+    params = dict(model.named_parameters())
+    factors = torch.where(active, 1.0, SOFT_MASK).split(sizes)
+    return {n: params[n].detach() * f.reshape(params[n].shape).to(params[n].device, params[n].dtype)
+            for n, f in zip(names, factors, strict=True)}
+
+
 def calibrate_mask(model: nn.Module, head: nn.Module, x: torch.Tensor, *, sparsity: float, rounds: int,
-                   seed: int, device: torch.device) -> Mask:
-    """Algorithm 1, lines 1-19: the mask of the least sensitive maskable parameters (True = fine-tuned)."""
+                   seed: int, device: torch.device, calibration: str = "soft-masked") -> Mask:
+    """Algorithm 1, lines 1-19: the mask of the least sensitive maskable parameters (True = fine-tuned);
+    ``calibration``: which model each round scores (:data:`CALIBRATIONS`, see the module docstring)."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"talos-sparsity must be in [0, 1) (the fraction of parameters frozen), got {sparsity}")
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"talos-calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     if len(x) == 0:
         raise ValueError("TaLoS mask calibration needs calibration examples; the validation split is empty "
                          "(increase val-fraction or train-size)")
@@ -116,11 +164,10 @@ def calibrate_mask(model: nn.Module, head: nn.Module, x: torch.Tensor, *, sparsi
     active = torch.ones(total, dtype=torch.bool)
     generator = torch.Generator().manual_seed(seed)
     for r in range(1, rounds + 1):
-        scores = fisher_diagonal(model, head, x, names, generator, device)
+        weights = soft_masked(model, names, sizes, active) if calibration == "soft-masked" and r > 1 else None
+        scores = fisher_diagonal(model, head, x, names, generator, device, weights)
         scores[~active] = float("inf")  # A.2: parameters already frozen are not ranked again
-        keep = torch.argsort(scores, stable=True)[: kept_count(total, sparsity, r, rounds)]
-        active = torch.zeros(total, dtype=torch.bool)
-        active[keep] = True
+        active = lowest(scores, kept_count(total, sparsity, r, rounds), generator)
     return {n: part.reshape(params[n].shape) for n, part in zip(names, active.split(sizes), strict=True)}
 
 

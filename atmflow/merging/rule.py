@@ -95,7 +95,8 @@ class Rule(ABC):
     name in reports and benchmark tables; ``rank`` orders the methods in listings; ``baseline`` says
     whether the benchmarks compare it as a one-shot method; ``uses_grads`` that it takes gradient
     estimates (then the benchmarks also run it zero-shot, without them); ``linear`` that its update is
-    a fixed linear combination of the task vectors (so it can weight tasks by examples).
+    a fixed linear combination of the task vectors (so it can weight tasks by examples); ``sums_tasks``
+    that its scaling coefficient multiplies a sum over the tasks (Task Arithmetic's form), not a mean.
     """
 
     name: ClassVar[str]
@@ -104,6 +105,7 @@ class Rule(ABC):
     baseline: ClassVar[bool] = True
     uses_grads: ClassVar[bool] = False
     linear: ClassVar[bool] = False
+    sums_tasks: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -134,6 +136,13 @@ class Rule(ABC):
     def scale_param(cls) -> str | None:
         """The name of the scaling coefficient (lambda or alpha), if the rule has one."""
         return next((p.name for p in cls.params() if p.scale), None)
+
+    @classmethod
+    def mean_scale(cls, n_tasks: int) -> float:
+        """The scaling coefficient that makes the update a mean over ``n_tasks`` task vectors with scaling 1
+        (paper 000, Sec. 6.1, for every operator inside ATM): ``1 / n`` when the coefficient multiplies a sum
+        (``sums_tasks``), else 1."""
+        return 1.0 / n_tasks if cls.sums_tasks else 1.0
 
     def values(self) -> dict[str, float]:
         """The parameter values in use (defaults filled in)."""

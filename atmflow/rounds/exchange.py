@@ -43,7 +43,8 @@ REQUIRED_METRICS = {
 METRIC_RULES = {
     protocol.NUM_EXAMPLES: COUNT, protocol.TRAIN_LOSS: FINITE, protocol.ACCURACY: FRACTION, protocol.LOSS: FINITE,
     protocol.F1: FRACTION, protocol.MATTHEWS: CORRELATION, protocol.FINETUNED_ACCURACY: FRACTION,
-    protocol.FINETUNED_LOSS: FINITE, protocol.FINETUNED + protocol.F1: FRACTION,
+    protocol.FINETUNED_LOSS: FINITE, protocol.FINETUNED_VALIDATION_ACCURACY: FRACTION,
+    protocol.FINETUNED + protocol.F1: FRACTION,
     protocol.FINETUNED + protocol.MATTHEWS: CORRELATION,
 }
 RANGES = {COUNT: (0.0, math.inf), FINITE: (-math.inf, math.inf), FRACTION: (0.0, 1.0), CORRELATION: (-1.0, 1.0)}

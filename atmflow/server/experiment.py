@@ -162,7 +162,7 @@ def run_experiment(grid: Grid, cfg: RunConfig) -> RunResults:
         if cfg.ph_atm:
             start, results.init = ph_atm_start(grid, cfg, node_tasks, pretrained, start_file,
                                                  expected)
-            if has_finetuned_scores(results.init.train):
+            if cfg.individual and has_finetuned_scores(results.init.train):
                 results.individual = finetuned_scores(results.init.train)
 
     def on_round_end(record: RoundRecord, merged: ArrayRecord) -> None:

@@ -47,12 +47,13 @@ from atmflow.transport import TransportError
 
 @dataclasses.dataclass
 class RoundInputs:
-    """What one round's replies delivered, by task."""
+    """What one round's replies delivered, by task (``train``: each reply's metrics)."""
 
     round: int
     vectors: dict[str, StateDict]
     grads: dict[str, StateDict]
     num_examples: dict[str, float]
+    train: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 class TaskVectorStrategy(Strategy):
@@ -121,6 +122,7 @@ class TaskVectorStrategy(Strategy):
         else:
             collected, inputs, sizes = self._plain_inputs(round_, replies)
         train = {t: dict(r.content.metric_records[protocol.METRICS]) for t, r in sorted(collected.valid.items())}
+        inputs.train = train
         inputs.num_examples = {t: m[protocol.NUM_EXAMPLES] for t, m in train.items()}
         collected.enforce(self.policy)
         # under secure aggregation the server sees only the sum: no single vector's norm or cosine

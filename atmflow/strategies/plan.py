@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from atmflow.config import RunConfig
+from atmflow.config import RunConfig, coefficient_grid
 from atmflow.merging.registry import rule_params
 from atmflow.privacy.scope import uses_secagg
 from atmflow.privacy.secagg import SecAggSettings
@@ -46,8 +46,10 @@ def individual_instructions(cfg: RunConfig, *, evaluate: bool = True) -> TrainIn
 class RunPlan:
     """What a strategy does each round.
 
-    ``oneshot``: one round of ``budget-epochs``, lambda chosen on validation from ``lambda_grid``;
-    otherwise ATM: ``num_rounds`` rounds of ``epochs-per-round`` epochs (PH-ATM on the validation split).
+    ``oneshot``: one round of ``budget-epochs``, lambda chosen on validation from ``lambda_grid`` (already
+    stretched for TaLoS, :func:`coefficient_grid`) by ``lambda_selection``; otherwise ATM: ``num_rounds``
+    rounds of ``epochs-per-round`` epochs (PH-ATM and valFT ATM on the validation split), each merge a
+    mean with scaling 1 unless ``merge-lambda`` is set (:class:`MergeStep`, ``mean_step``).
     ``secure``: SecAgg+'s settings when each round's task vectors are securely aggregated (``privacy =
     "secagg"``: the server sees only their mean, :mod:`atmflow.privacy.secagg`), else None.
     """
@@ -59,6 +61,7 @@ class RunPlan:
     lambda_grid: tuple[float, ...]
     round_timeout: float
     policy: str
+    lambda_selection: str = "normalized"
     secure: SecAggSettings | None = None
 
     @classmethod
@@ -68,17 +71,21 @@ class RunPlan:
         oneshot = cfg.strategy == "oneshot" if oneshot is None else oneshot
         # another method than the run's (PH-ATM's TA start) takes the config's values of its own keys only
         params = cfg.operator_params() if method == cfg.merge_method else rule_params(method, cfg.merge_params)
-        step = MergeStep(method, params, cfg.aggregation)
+        step = MergeStep(method, params, cfg.aggregation, mean_step=not oneshot)
         exemplars = cfg.tatr_exemplars if step.needs_gradients else 0
         secure = (SecAggSettings(cfg.secagg_clipping_range, cfg.secagg_quantization_range, cfg.secagg_threshold)
                   if uses_secagg(cfg.privacy) else None)
         if oneshot:
-            instructions = train_instructions(cfg, epochs=cfg.budget_epochs, evaluate_finetuned=cfg.individual,
-                                              tatr_exemplars=exemplars)
-            return cls(True, 1, instructions, step, cfg.lambda_grid, cfg.round_timeout, cfg.on_missing_task, secure)
+            grid = coefficient_grid(cfg.lambda_grid, cfg.finetune, cfg.talos_sparsity)
+            normalized = bool(grid) and cfg.lambda_selection == "normalized"  # needs the fine-tuned models' scores
+            instructions = train_instructions(cfg, epochs=cfg.budget_epochs, tatr_exemplars=exemplars,
+                                              evaluate_finetuned=cfg.individual or normalized)
+            return cls(True, 1, instructions, step, grid, cfg.round_timeout, cfg.on_missing_task,
+                       cfg.lambda_selection, secure)
         instructions = train_instructions(cfg, epochs=cfg.epochs_per_round, tatr_exemplars=exemplars,
-                                          split="validation" if cfg.ph_atm else "train")
-        return cls(False, cfg.rounds, instructions, step, (), cfg.round_timeout, cfg.on_missing_task, secure)
+                                          split=cfg.atm_finetune_split)
+        return cls(False, cfg.rounds, instructions, step, (), cfg.round_timeout, cfg.on_missing_task,
+                   secure=secure)
 
     @classmethod
     def ta_start(cls, cfg: RunConfig) -> RunPlan:

@@ -10,13 +10,14 @@ import torch
 
 from atmflow.analyses.disentanglement import disentanglement_error, grid_values, plot, predictor
 from atmflow.analyses.finetuned import finetuned_task_vectors
-from atmflow.analyses.negation import alpha_grid, choose_alpha, negate
-from atmflow.config import load_config
+from atmflow.analyses.negation import choose_alpha, negate
+from atmflow.config import COEFFICIENT_GRID, coefficient_grid, load_config
 
 
 def test_alpha_grid_is_stretched_for_talos() -> None:
-    assert alpha_grid("full", 0.9)[:3] == [0.0, 0.05, 0.1] and alpha_grid("full", 0.9)[-1] == 1.0
-    talos = alpha_grid("talos", 0.9)
+    full = coefficient_grid(COEFFICIENT_GRID, "full", 0.9)
+    assert full[:3] == (0.0, 0.05, 0.1) and full[-1] == 1.0
+    talos = coefficient_grid(COEFFICIENT_GRID, "talos", 0.9)
     assert len(talos) == 21 and talos[-1] == pytest.approx(10.0) and talos[1] == pytest.approx(0.5)
 
 

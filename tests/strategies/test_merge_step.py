@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
+from atmflow.config import load_config
 from atmflow.rounds.geometry import task_vector_geometry
 from atmflow.strategies.merge_step import MergeStep
+from atmflow.strategies.plan import RunPlan
 
 
 def test_geometry_matches_flattened_vectors() -> None:
@@ -61,3 +64,29 @@ def test_normalized_accuracy_leaves_out_tasks_whose_individual_model_scores_zero
     assert normalized_accuracy(scores, {"a": {"accuracy": 0.8, "loss": 1.0}, "b": {"accuracy": 0.0, "loss": 1.0}}) \
         == 0.5
     assert math.isnan(normalized_accuracy(scores, {"a": {"accuracy": 0.0, "loss": 1.0}}))
+
+
+@pytest.mark.parametrize("merge", ["mean", "ta", "breadcrumbs", "dare", "tatr", "ties"])
+def test_atm_applies_every_operator_as_a_mean_with_scaling_one(merge: str) -> None:
+    """Paper 000, Sec. 6.1: inside ATM every operator is a mean over the tasks with scaling 1. Four known task
+    vectors whose entries every operator keeps (equal magnitudes, one sign, no trust-region conflict: the
+    fraction excluded is 0): the round's model must be base + mean(tau) = base + (1, 2), not TA's default
+    0.3 x sum = base + (1.2, 2.4)."""
+    cfg = load_config({"strategy": "atm", "merge": merge, "breadcrumbs-beta": 0.0, "breadcrumbs-gamma": 1.0,
+                       "dare-p": 0.0, "tatr-trust-fraction": 0.0, "ties-k": 1.0})
+    step = RunPlan.from_config(cfg).merge_step
+    base = {"w": torch.tensor([10.0, 20.0])}
+    vectors = {t: {"w": torch.tensor([1.0, 2.0])} for t in "abcd"}
+    merged = step.apply(base, vectors, dict.fromkeys("abcd", 1.0))
+    assert torch.allclose(merged["w"], torch.tensor([11.0, 22.0]))
+    explicit = RunPlan.from_config(load_config({**cfg.to_run_config(), "merge-lambda": 0.5})).merge_step
+    assert explicit.step_scale(4) is None  # merge-lambda set: used as given
+    oneshot = RunPlan.from_config(load_config({"strategy": "oneshot", "merge": merge})).merge_step
+    assert oneshot.step_scale(4) is None  # one-shot: lambda from the grid, or the operator's default
+
+
+def test_atm_mean_step_scales_with_the_tasks_that_delivered() -> None:
+    """TA inside ATM: 1 / n for the n task vectors of the round (one task skipped: 1 / 3)."""
+    step = RunPlan.from_config(load_config({"strategy": "pa-atm", "merge": "ta"})).merge_step
+    assert step.step_scale(4) == 0.25 and step.step_scale(3) == pytest.approx(1 / 3)
+    assert RunPlan.from_config(load_config({"strategy": "pa-atm"})).merge_step.step_scale(8) == 1.0  # mean: alpha 1

@@ -142,6 +142,15 @@ def test_ph_atm_starts_from_ta_and_tunes_on_validation(tiny: dict[str, Any], sha
         assert all(m["num-examples"] == 10 for m in record["train"].values())
 
 
+def test_valft_atm_starts_pretrained_and_tunes_on_validation(tiny: dict[str, Any]) -> None:
+    """Paper 000's valFT ATM: ATM from the pretrained model, each round fine-tuning on the validation splits."""
+    run_inprocess({**tiny, "run-name": "valft", "strategy": "valft-atm", "rounds": 1, "individual": False,
+                   "tasks": "digits,mnist"})
+    out = _load(Path(tiny["output-dir"]) / "valft")
+    assert out["label"] == "valFT-ATM1" and out["init"] is None
+    assert all(m["num-examples"] == 10 for m in out["rounds"][0]["train"].values())  # 10% of train-size 100
+
+
 def test_ph_atm_from_a_merged_checkpoint_file(tiny: dict[str, Any], shared_cache: str) -> None:
     run_inprocess({**tiny, "run-name": "ta-start", "strategy": "ta", "budget-epochs": 1, "lambda-grid": "",
                    "individual": False, "cache-dir": shared_cache})

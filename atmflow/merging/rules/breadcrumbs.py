@@ -38,6 +38,7 @@ class Breadcrumbs(Rule):
     name = "breadcrumbs"
     label = "Breadcrumbs"
     rank = 30
+    sums_tasks = True
     beta: float = param(0.85, "lower percentile of |tau| per tensor: smaller entries are dropped", unit,
                         "0 <= beta <= 1", key="breadcrumbs-beta")
     gamma: float = param(0.993, "upper percentile of |tau| per tensor: larger entries (outliers) are dropped",

@@ -39,6 +39,7 @@ class Dare(Rule):
     name = "dare"
     label = "DARE"
     rank = 40
+    sums_tasks = True
     p: float = param(0.9, "probability of dropping each entry of a task vector", lambda v: 0.0 <= v < 1.0,
                      "0 <= p < 1", key="dare-p")
     lam: float = scale(0.3, "scaling lambda of the summed rescaled task vectors")

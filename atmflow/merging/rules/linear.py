@@ -20,6 +20,7 @@ class TaskArithmetic(Rule):
     name = "ta"
     rank = 10
     linear = True
+    sums_tasks = True
     lam: float = scale(0.3, "scaling lambda of the summed task vectors")
 
     def update(self, t: TaskTensors) -> torch.Tensor:

@@ -16,7 +16,7 @@ With task vectors ``Delta_k`` and gradient estimates ``g_j`` at the pretrained m
   trim, elect and disjoint merge of TIES, Omega still from the raw task vectors.
 
 Defaults: ``tau = 0.01`` (paper 003: best below 1%, tuned in {0.1, ..., 5}%), ``lambda = 0.3``
-for TATR (as Task Arithmetic), TIES's ``k = 0.2`` and ``lambda = 1`` for TIES + TATR.
+for TATR (as Task Arithmetic), TIES's ``k = 0.15`` and ``lambda = 1`` for TIES + TATR.
 
 FusionBench's gradient TATR (``method/trust_region``) stores every task's gradients under one name
 (the loop variable of the parameter loop), so Omega's sum over ``i != j`` is empty, the mask is
@@ -76,6 +76,7 @@ class Tatr(Rule):
     name = "tatr"
     label = "TATR"
     rank = 50
+    sums_tasks = True
     uses_grads = True
     trust_fraction: float = trust_fraction_param()
     lam: float = scale(0.3, "scaling lambda of the summed task vectors")

@@ -13,8 +13,9 @@ For task vectors ``tau_1 .. tau_n`` of ``d`` parameters each:
 3. **Disjoint mean**: ``tau_m = sum_t hat tau_t [sgn hat tau_t = gamma] / max(#{t : sgn hat tau_t = gamma}, 1)``:
    the MEAN over the agreeing tasks (FusionBench defaults to their sum instead).
 
-``theta = theta_0 + lambda * tau_m``. Defaults: ``k = 0.2`` (the TIES paper's and official code's
-top 20%; paper 000 keeps the top 15%: ``k = 0.15``), ``lambda = 1`` (paper 000: scaling 1).
+``theta = theta_0 + lambda * tau_m``. Defaults: ``k = 0.15`` (paper 000's TIES baseline keeps the top
+15%, and atmflow reproduces paper 000's comparisons; the TIES paper and its official code keep the top
+20%: ``ties-k = 0.2``; docs/merging.md), ``lambda = 1`` (paper 000: scaling 1).
 The thresholds ``v_t`` come from an exact streaming selection (``select.py``), and the majority sign
 from one more pass, so memory never holds more than one tensor of every task.
 """
@@ -57,8 +58,9 @@ class Ties(Rule):
     name = "ties"
     label = "TIES"
     rank = 20
-    k: float = param(0.2, "fraction of each task vector kept: its top-k by magnitude over all its parameters "
-                          "(paper 000: 0.15)", lambda v: 0.0 < v <= 1.0, "0 < k <= 1", key="ties-k")
+    k: float = param(0.15, "fraction of each task vector kept: its top-k by magnitude over all its parameters "
+                           "(paper 000: 0.15; the TIES paper: 0.2)", lambda v: 0.0 < v <= 1.0, "0 < k <= 1",
+                     key="ties-k")
     lam: float = scale(1.0, "scaling lambda of the disjoint mean")
     thresholds: list[float] = field(default_factory=list, init=False, repr=False)
     majority: float = field(default=0.0, init=False, repr=False)
