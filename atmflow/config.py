@@ -146,7 +146,8 @@ class RunConfig(BaseModel):
     finetune: Literal["full", "talos"] = setting("full", client=True)
     talos_sparsity: float = setting(0.9, ge=0, lt=1, client=True)
     talos_rounds: int = setting(4, ge=1, client=True)
-    transport_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # task vectors on the wire
+    # task vectors on the wire: exact (each in its own dtype), or rounded to float32 / bfloat16 / float16
+    transport_dtype: Literal["exact", "float32", "bfloat16", "float16"] = "exact"
 
     # Model family, model and frozen heads ("" / "auto": the family's default, atmflow.models.registry)
     model_family: str = setting("mobilenet-v2", client=True)
