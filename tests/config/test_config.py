@@ -22,8 +22,8 @@ def test_paper_defaults() -> None:
     assert (cfg.strategy, cfg.init, cfg.merge_method, cfg.label) == ("atm", "pretrained", "mean", "PA-ATM10")
     assert (cfg.budget_epochs, cfg.rounds, cfg.epochs_per_round, cfg.val_fraction) == (10, 10, 1, 0.1)
     assert cfg.lambda_grid == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    assert cfg.merge_params == {"ties-k": 0.2, "breadcrumbs-beta": 0.85, "breadcrumbs-gamma": 0.993, "dare-p": 0.9,
-                                "merge-seed": 0, "tatr-trust-fraction": 0.01}
+    assert cfg.merge_params == {"ties-k": 0.2, "breadcrumbs-beta": 0.85, "breadcrumbs-gamma": 0.993,
+                                "breadcrumbs-per-row": 1, "dare-p": 0.9, "merge-seed": 0, "tatr-trust-fraction": 0.01}
     assert (cfg.tatr_exemplars, cfg.on_missing_task) == (128, "fail")
 
 
