@@ -268,23 +268,31 @@ def bound_key(config: Mapping[str, Any], epochs: int) -> str:
 
 
 def individual_bounds(runs: Iterable[tuple[RunSpec, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """``{bound_key: per-task individual scores}`` over the experiment runs that have individual models
-    (each fine-tuned for its run's ``budget-epochs``)."""
-    return {bound_key(spec.config(), int(spec.config()["budget-epochs"])): results["individual"]["tasks"]
-            for spec, results in runs if spec.kind == "experiment" and results.get("individual")}
+    """``{bound_key: per-task individual scores}`` over the experiment runs whose individual models are the
+    individual exchange's (each fine-tuned for its run's ``budget-epochs``). PH-ATM runs are left out: their
+    individual models are their TA start's fine-tuning, which has another data order (round 0's seed)."""
+    bounds = {}
+    for spec, results in runs:
+        config = spec.config()
+        if spec.kind == "experiment" and results.get("individual") and not load_config(config).ph_atm:
+            bounds.setdefault(bound_key(config, int(config["budget-epochs"])), results["individual"]["tasks"])
+    return bounds
 
 
 def normalized_rows(study: str, spec: RunSpec, folder: Path, results: dict[str, Any],
                     bounds: Mapping[str, Mapping[str, Any]]) -> list[Row]:
     """Per row, the normalized accuracy ``mean_t acc_t / acc_t(individual)`` (papers 001 and 004, Eq. 11),
     against individual models fine-tuned for as many epochs as the row spent (:func:`pick_epochs`): a
-    PA-ATM30 row divides by 30-epoch individual models. They may come from any run of the study with the
-    same client and fine-tuning settings (:func:`bound_key`); a row whose budget has none gets no
-    normalized accuracy (its cell shows "-") rather than a ratio to another budget's models."""
+    PA-ATM30 row divides by 30-epoch individual models. The run's own when they have that budget, else
+    those of another run of the study with the same client and fine-tuning settings (:func:`bound_key`,
+    ``bounds``: :func:`individual_bounds`); a row whose budget has none gets no normalized accuracy (its
+    cell shows "-") rather than a ratio to another budget's models."""
     rows = []
     config = spec.config()
+    own = (results.get("individual") or {}).get("tasks")
     for pick in spec.picks:
-        individual = bounds.get(bound_key(config, pick_epochs(config, pick)))
+        epochs = pick_epochs(config, pick)
+        individual = own if own and epochs == int(config["budget-epochs"]) else bounds.get(bound_key(config, epochs))
         if individual:
             scores, _ = _scores_of(results, pick)
             value = statistics.fmean(scores[t]["accuracy"] / individual[t]["accuracy"] for t in scores)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from atmflow.studies.methods import oneshot, pa_atm
+from atmflow.studies.methods import oneshot, pa_atm, ph_atm
 from atmflow.studies.original_settings import Options, plan
 from atmflow.studies.runner import INDIVIDUAL, Pick, bound_key, individual_bounds, normalized_rows, pick_epochs
 
@@ -38,8 +38,12 @@ def test_normalized_accuracy_divides_by_the_individual_models_of_the_rows_budget
                   "rounds": [{"round": 1, "tasks": scores(0.6, 0.4)}]}
     pa_results = {"pretrained": {"tasks": scores(0.5, 0.5)}, "individual": {"tasks": scores(0.9, 1.0)},
                   "rounds": [{"round": r, "tasks": scores(0.4 + r / 100, 0.45)} for r in (5, 10, 30)]}
-    bounds = individual_bounds([(ta, ta_results), (pa, pa_results)])
-    assert len(bounds) == 2  # 10 and 30 epochs
+    ph = ph_atm(10, 0, base, [Pick("PH-ATM10", "s", 10)])  # its individual models: its TA start's (round 0 seed)
+    ph_results = {"pretrained": {"tasks": scores(0.5, 0.5)}, "individual": {"tasks": scores(0.7, 0.7)},
+                  "rounds": [{"round": 10, "tasks": scores(0.7, 0.35)}]}
+    bounds = individual_bounds([(ta, ta_results), (ph, ph_results), (pa, pa_results)])
+    assert len(bounds) == 2  # 10 and 30 epochs; PH-ATM's TA-start models are not the one-shot run's
+    assert [r.value for r in normalized_rows("x", ph, tmp_path, ph_results, bounds)] == pytest.approx([0.75])
     got = {r.method: r.value for r in normalized_rows("x", pa, tmp_path, pa_results, bounds)}
     assert got["PA-ATM10"] == pytest.approx((0.5 / 0.8 + 0.45 / 0.5) / 2)  # the 10-epoch (one-shot run's) models
     assert got["PA-ATM30"] == pytest.approx((0.7 / 0.9 + 0.45 / 1.0) / 2)  # its own 30-epoch models, not 10
