@@ -124,13 +124,15 @@ def official_breadcrumbs_rows(tensor: torch.Tensor, top_k_remove: float, top_k_k
     """The official rule (rezazzr/breadcrumbs ``TaskVectorMiddleKeep``, ``remove_first``), restated: along the
     last dimension, zero the ``int(cols * top_k_remove)`` largest ``|x|``, then keep only the
     ``int(cols * top_k_keep)`` largest of what is left; a 0-d tensor is returned as it is. The fractions are
-    rounded to 9 decimals first (``1 - 0.8`` must count like 0.2)."""
+    rounded to 9 decimals first (``1 - 0.8`` must count like 0.2). ``topk`` leaves the order of equal
+    magnitudes to the backend (real AdamW task vectors have many: early steps move entries by exactly lr);
+    here ties go to the earlier position, as the rule documents."""
     if tensor.dim() == 0:
         return tensor
     cols = tensor.shape[-1]
 
     def top_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
-        _, idx = torch.topk(x.abs(), int(round(cols * fraction, 9)))
+        idx = x.abs().sort(dim=-1, descending=True, stable=True).indices[..., : int(round(cols * fraction, 9))]
         return torch.zeros(x.shape).scatter_(x.dim() - 1, idx, 1.0)
 
     removed = tensor * (1 - top_mask(tensor, top_k_remove))
