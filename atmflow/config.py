@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -30,7 +30,7 @@ from atmflow.data.own_tasks import TaskFileError
 from atmflow.data.tasks import VAL_MAX, own_task_specs, parse_data_sources, task_spec
 from atmflow.data.text_tasks import TEXT_SMALL
 from atmflow.merging.registry import METHODS, config_params, get_rule, make_rule, rule_params, unknown_method_message
-from atmflow.models.registry import family_entry
+from atmflow.models.registry import Recipe, family_entry
 from atmflow.privacy.scope import secagg_problem
 
 
@@ -172,6 +172,12 @@ class RunConfig(BaseModel):
     # auto: bf16 autocast when on CUDA with float32 weights
     amp: Literal["auto", "off", "bf16"] = setting("auto", client=True)
     num_workers: int = Field(0, ge=0)  # threads that decode lazily loaded data sets (0: in the caller)
+    # The fine-tuning recipe; "auto" = the model family's (atmflow.models.registry: open_clip the literature's,
+    # the others a constant learning rate, no clipping, no augmentation). See recipe() and docs/config.md.
+    lr_schedule: Literal["auto", "constant", "cosine"] = "auto"
+    warmup_steps: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"  # cosine: linear warm-up steps
+    grad_clip: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"  # max gradient norm; 0 = none
+    train_transform: Literal["auto", "augment", "eval"] = setting("auto", client=True)  # augment: the family's
     # TaLoS sparse fine-tuning (paper 004): talos-sparsity = fraction of the maskable parameters NOT
     # updated (paper default 0.9: 10% are fine-tuned), mask calibrated over talos-rounds rounds (paper: 4)
     finetune: Literal["full", "talos"] = setting("full", client=True)
@@ -179,7 +185,8 @@ class RunConfig(BaseModel):
     talos_rounds: int = setting(4, ge=1, client=True)
     # which model each calibration round scores: soft-masked (Algorithm 1) or unmasked (docs/talos.md)
     talos_calibration: Literal["soft-masked", "unmasked"] = setting("soft-masked", client=True)
-    transport_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # task vectors on the wire
+    # task vectors on the wire: exact (each in its own dtype), or rounded to float32 / bfloat16 / float16
+    transport_dtype: Literal["exact", "float32", "bfloat16", "float16"] = "exact"
 
     # Model family, model and frozen heads ("" / "auto": the family's default, atmflow.models.registry)
     model_family: str = setting("mobilenet-v2", client=True)
@@ -369,6 +376,9 @@ class RunConfig(BaseModel):
                              f"{self.model_family!r} needs")
         if self.amp == "bf16" and self.precision != "float32":
             raise ValueError("amp='bf16' (autocast) needs precision='float32' weights")
+        if self.train_transform == "augment" and not entry.train_transform:
+            raise ValueError(f"train-transform='augment': model-family {self.model_family!r} has no training "
+                             "transform (open_clip has); use 'auto' or 'eval'")
         return self
 
     @model_validator(mode="after")
@@ -439,6 +449,23 @@ class RunConfig(BaseModel):
         kind = "PH" if self.ph_atm else "valFT" if self.atm_finetune_split == "validation" else "PA"
         name = f"{kind}-ATM{self.rounds}"
         return name if self.merge_method == "mean" else f"{name} ({self.merge_method})"
+
+    def recipe(self, *, atm: bool) -> Recipe:
+        """The fine-tuning recipe of an ATM round (``atm``) or of a fine-tuning from the pretrained model for
+        the whole budget (one-shot, individual models, PH-ATM's TA start): each ``"auto"`` key is the model
+        family's (:mod:`atmflow.models.registry`), a set key applies to every fine-tuning of the run."""
+        entry = family_entry(self.model_family)
+        auto = entry.atm_recipe if atm else entry.finetune_recipe
+        return Recipe(auto.lr_schedule if self.lr_schedule == "auto" else self.lr_schedule,
+                      auto.warmup_steps if self.warmup_steps == "auto" else self.warmup_steps,
+                      auto.grad_clip if self.grad_clip == "auto" else float(self.grad_clip))
+
+    @property
+    def augment(self) -> bool:
+        """Whether clients fine-tune through the model family's training transform (``train-transform``)."""
+        if self.train_transform == "auto":
+            return family_entry(self.model_family).train_transform
+        return self.train_transform == "augment"
 
     @property
     def dtype(self) -> torch.dtype:

@@ -8,7 +8,8 @@ describe   (query) nothing; or, as ``evaluate``, weights  ``task``: the task thi
 train      ``arrays``: base weights; ``config``: epochs,   ``arrays``: task vector (fine-tuned tensors
            optimizer, lr, weight-decay, batch-size,        only), encoded by :mod:`atmflow.transport`
            full-batch, seed, evaluate-finetuned, split,    as ``transport``'s spec says (sparse tensors
-           tatr-exemplars                                  as indices + values); ``metrics``: train-loss,
+           tatr-exemplars, lr-schedule, warmup-steps,      as indices + values); ``metrics``: train-loss,
+           grad-clip
                                                            num-examples, steps, wall-s [, finetuned-
                                                            accuracy/-loss/-validation-accuracy,
                                                            talos-*]; ``grads`` (if
@@ -92,13 +93,17 @@ class TrainInstructions:
     evaluate_finetuned: bool = False
     split: str = "train"  # PH-ATM fine-tunes on "validation"
     tatr_exemplars: int = 0  # > 0: also send E|grad L_t| over this many training examples
+    lr_schedule: str = "constant"  # or "cosine" (atmflow.client.training.learning_rate)
+    warmup_steps: int = 0  # cosine: linear warm-up steps
+    grad_clip: float = 0.0  # max gradient norm per step; 0 = no clipping
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({
             "epochs": self.epochs, "optimizer": self.optimizer, "lr": self.lr,
             "weight-decay": self.weight_decay, "batch-size": self.batch_size,
             "full-batch": self.full_batch, "seed": self.seed, "evaluate-finetuned": self.evaluate_finetuned,
-            "split": self.split, "tatr-exemplars": self.tatr_exemplars,
+            "split": self.split, "tatr-exemplars": self.tatr_exemplars, "lr-schedule": self.lr_schedule,
+            "warmup-steps": self.warmup_steps, "grad-clip": self.grad_clip,
         })
 
     @classmethod
@@ -108,7 +113,8 @@ class TrainInstructions:
             weight_decay=float(record["weight-decay"]), batch_size=int(record["batch-size"]),
             full_batch=bool(record["full-batch"]), seed=int(record["seed"]),
             evaluate_finetuned=bool(record["evaluate-finetuned"]), split=str(record["split"]),
-            tatr_exemplars=int(record["tatr-exemplars"]),
+            tatr_exemplars=int(record["tatr-exemplars"]), lr_schedule=str(record["lr-schedule"]),
+            warmup_steps=int(record["warmup-steps"]), grad_clip=float(record["grad-clip"]),
         )
 
 

@@ -1,7 +1,10 @@
 """Compact transport of task vectors: what a client sends, and exactly what the server decodes.
 
-A task vector ``{name: tensor}`` is encoded tensor by tensor, in the transport dtype
-(``transport-dtype``: ``float32``, ``bfloat16`` or ``float16``):
+A task vector ``{name: tensor}`` is encoded tensor by tensor, its values in the transport dtype
+(``transport-dtype``): ``exact`` (the default: each tensor in its own dtype, float32 or float64, so
+the server gets back exactly the bits the client computed), or ``float32``, ``bfloat16`` or
+``float16`` (each entry rounded once to that type; ``float32`` only rounds float64 vectors, e.g. a
+``precision = "float64"`` run, and halves their bytes):
 
 * **sparse**: the flat positions of the non-zero entries (ascending, in the smallest integer type
   that indexes the tensor: uint8, int16, int32 or int64) plus their values, sent as
@@ -12,9 +15,10 @@ A task vector ``{name: tensor}`` is encoded tensor by tensor, in the transport d
 
 A spec (one JSON string in the reply's ``transport`` config record) gives each tensor's form, shape
 and original dtype. Decoding is exact: the server gets back the sent values, converted to the
-original dtype (with ``float32`` transport of a float32 vector, the vector itself; with ``bfloat16``
-or ``float16``, each entry rounded once to that type). Flower's arrays are NumPy arrays, which have
-no bfloat16: bfloat16 values travel as their raw 16 bits (int16) and are reinterpreted on decoding.
+original dtype (with ``exact`` transport, the vector itself, float64 included: paper 000's Theorem
+3.1 check relies on it; with a narrower dtype, each entry rounded once to that type). Flower's
+arrays are NumPy arrays, which have no bfloat16: bfloat16 values travel as their raw 16 bits
+(int16) and are reinterpreted on decoding.
 Nothing in a received spec is trusted: the server passes the shapes it expects, and the spec must
 announce exactly those tensors with those shapes before anything is allocated (a spec claiming a
 sparse tensor of shape [2**40] is refused, not allocated); every shape entry must be an integer >= 0.
@@ -30,7 +34,9 @@ from typing import Any
 
 import torch
 
-TRANSPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EXACT = "exact"  # each tensor's values in its own dtype (SOURCE_DTYPES)
+ROUNDED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TRANSPORT_DTYPES = (EXACT, *ROUNDED_DTYPES)
 SOURCE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 INDEX_DTYPES = ((2**8, torch.uint8), (2**15, torch.int16), (2**31, torch.int32), (2**63, torch.int64))
 
@@ -44,8 +50,13 @@ def index_dtype(numel: int) -> torch.dtype:
     return next(dtype for limit, dtype in INDEX_DTYPES if numel <= limit)
 
 
+def value_dtype(dtype: str, source: torch.dtype) -> torch.dtype:
+    """The dtype a tensor's values travel in: its own (``exact``) or the rounded transport dtype."""
+    return source if dtype == EXACT else ROUNDED_DTYPES[dtype]
+
+
 def _to_wire(values: torch.Tensor, dtype: str) -> torch.Tensor:
-    wire = values.to(TRANSPORT_DTYPES[dtype])
+    wire = values.to(value_dtype(dtype, values.dtype))
     return wire.view(torch.int16) if dtype == "bfloat16" else wire
 
 
@@ -53,17 +64,17 @@ def _from_wire(wire: torch.Tensor, dtype: str) -> torch.Tensor:
     return wire.view(torch.bfloat16) if dtype == "bfloat16" else wire
 
 
-def encode(tau: Mapping[str, torch.Tensor], dtype: str = "float32") -> tuple[dict[str, torch.Tensor], str]:
+def encode(tau: Mapping[str, torch.Tensor], dtype: str = EXACT) -> tuple[dict[str, torch.Tensor], str]:
     """``(wire tensors, spec)`` of a task vector; :func:`decode` inverts it exactly (up to the dtype rounding)."""
     if dtype not in TRANSPORT_DTYPES:
-        raise ValueError(f"transport-dtype must be one of {sorted(TRANSPORT_DTYPES)}, got {dtype!r}")
+        raise ValueError(f"transport-dtype must be one of {list(TRANSPORT_DTYPES)}, got {dtype!r}")
     wire: dict[str, torch.Tensor] = {}
     spec: dict[str, Any] = {"dtype": dtype, "tensors": {}}
-    value_bytes = TRANSPORT_DTYPES[dtype].itemsize
     for name, tensor in tau.items():
         source = str(tensor.dtype).removeprefix("torch.")
         if source not in SOURCE_DTYPES:
             raise ValueError(f"tensor {name!r} is {tensor.dtype}; task vectors are float32 or float64")
+        value_bytes = value_dtype(dtype, tensor.dtype).itemsize
         flat = _to_wire(tensor.detach().cpu().reshape(-1), dtype)
         nonzero = torch.nonzero(_from_wire(flat, dtype) != 0).reshape(-1)
         idx_type = index_dtype(flat.numel())
@@ -136,7 +147,7 @@ def _decode_tensor(name: str, entry: Mapping[str, Any], wire: Mapping[str, torch
         raise TransportError(f"tensor {name!r}: unknown source dtype {entry.get('source')!r}")
     shape = tuple(int(s) for s in entry["shape"])
     numel = int(torch.Size(shape).numel())
-    wire_dtype = torch.int16 if dtype == "bfloat16" else TRANSPORT_DTYPES[dtype]
+    wire_dtype = torch.int16 if dtype == "bfloat16" else value_dtype(dtype, source)
     if entry["form"] == "dense":
         values = wire[name]
         if values.dtype != wire_dtype or values.numel() != numel:

@@ -8,7 +8,9 @@ t's frozen head: how often adding the other task's vector changes a task's predi
 printed compares with ``theta_0 + alpha_1 tau_1`` for both tasks; we use Ortiz-Jimenez et al.'s
 definition it cites, where task t's own model is ``theta_0 + alpha_t tau_t``.) 0 = perfectly
 disentangled; the maximum is 2. The paper evaluates a 20 x 20 grid over ``[-3, 3]^2`` on 2,048 test
-points per task (A.1); ``--grid`` and ``--examples`` set both here.
+points per task drawn at random (A.1); ``--grid`` and ``--examples`` set both here, and the points are a
+uniformly random subset of each task's test split drawn with the run's ``seed`` (:func:`seeded_subset`:
+the same points for every grid cell and fine-tuning mode; all of them when the split is smaller).
 
 Usage: ``atmflow disentanglement [--tasks mnist fashion-mnist] [--finetune full talos] [--grid 20]``
 """
@@ -53,8 +55,19 @@ def disentanglement_error(predict: Any, tau1: dict[str, torch.Tensor], tau2: dic
     return xi
 
 
+def seeded_subset(size: int, examples: int, seed: int) -> torch.Tensor:
+    """Indices of ``min(examples, size)`` test points drawn uniformly without replacement with ``seed``,
+    in ascending order (a seeded random subset, not the first ``examples``)."""
+    import torch
+
+    if examples >= size:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:examples].sort().values
+
+
 def predictor(tv: Any, tasks: list[str], examples: int) -> Any:
-    """``predict(delta, t)`` for :func:`disentanglement_error` on the first ``examples`` test points of each task."""
+    """``predict(delta, t)`` for :func:`disentanglement_error` on ``examples`` test points of each task, a
+    random subset drawn with the run's seed (:func:`seeded_subset`)."""
     import torch
 
     from atmflow.client.task import encode, local_task
@@ -62,13 +75,14 @@ def predictor(tv: Any, tasks: list[str], examples: int) -> Any:
 
     cfg = tv.cfg
     locals_ = [local_task(t, cfg) for t in tasks]
+    points = [seeded_subset(len(local.data.test), examples, cfg.seed) for local in locals_]
     encoder = get_family(cfg).pretrained_encoder().to(cfg.dtype)
 
     def predict(delta: dict[str, torch.Tensor], t: int) -> torch.Tensor:
         weights = {k: v + delta[k].to(v.dtype) if k in delta else v for k, v in tv.pretrained.items()}
         encoder.load_state_dict(weights)
         local = locals_[t]
-        features = encode(encoder, local.data.test.x[:examples], local.device)  # encode casts images only
+        features = encode(encoder, local.data.test.x[points[t]], local.device)  # encode casts images only
         with torch.no_grad():
             return local.head(features.to(local.device)).argmax(-1).cpu()
 
@@ -131,5 +145,6 @@ def add_disentanglement_command(sub: Any) -> None:
     parser.add_argument("--tasks", nargs=2, default=None, help="the task pair (default: the first two tasks)")
     parser.add_argument("--grid", type=int, default=20, help="grid points per axis (paper: 20)")
     parser.add_argument("--limit", type=float, default=3.0, help="the grid spans [-limit, limit] (paper: 3)")
-    parser.add_argument("--examples", type=int, default=2048, help="test points per task (paper: 2,048)")
+    parser.add_argument("--examples", type=int, default=2048,
+                        help="test points per task, a random subset drawn with the run's seed (paper: 2,048)")
     parser.set_defaults(func=run)

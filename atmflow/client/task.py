@@ -56,9 +56,11 @@ def load_task(task: str, cfg: RunConfig) -> TaskData:
     if key not in _DATA:
         if len(_DATA) >= 16:
             _DATA.pop(next(iter(_DATA)))
+        family = get_family(cfg)
         _DATA[key] = make_splits(task, load_raw_task(task, cfg), train_size=cfg.train_size, test_size=cfg.test_size,
                                  val_fraction=cfg.val_fraction, val_max=cfg.val_max, seed=cfg.data_seed,
-                                 preprocess=get_family(cfg).preprocess, workers=cfg.num_workers)
+                                 preprocess=family.preprocess, workers=cfg.num_workers,
+                                 train_preprocess=family.train_preprocess if cfg.augment else None)
     return _DATA[key]
 
 

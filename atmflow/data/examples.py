@@ -9,7 +9,9 @@ A split's inputs ``Split.x`` are either
   or an index tensor / array give the preprocessed batch tensor, decoded on demand.
 
 The loops only use ``len(split)``, ``split.x[index]`` and ``.to(device, dtype)`` on the result, so
-they run unchanged on both.
+they run unchanged on both. A model family with a random training transform (open_clip) also gives
+the train and validation splits an :class:`AugmentedInputs` view, which fine-tuning draws its batches
+from (``train-transform``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,25 @@ class LazyInputs:
     def shape(self) -> tuple[int, ...]:
         """``(N, *example_shape)``, from the first example."""
         return (len(self), *self[0:1].shape[1:])
+
+
+class AugmentedInputs:
+    """Examples ``inputs[indices]`` through a random training transform (open_clip's: a random resized crop),
+    drawn anew for every batch: ``view.batch(index, seed)`` seeds torch's generator (forked: the caller's
+    stream is untouched) before transforming, so a batch is a function of its examples and ``seed``. It runs
+    in the calling thread, since the transform draws from torch's global generator."""
+
+    def __init__(self, inputs: Any, indices: np.ndarray, transform: Preprocess) -> None:
+        self.inputs, self.indices, self.transform = inputs, np.asarray(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batch(self, index: torch.Tensor | np.ndarray | Sequence[int], seed: int) -> torch.Tensor:
+        examples = take(self.inputs, self.indices[np.asarray(index, dtype=np.int64)])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(examples)
 
 
 def materialise(inputs: Any, indices: np.ndarray, preprocess: Preprocess,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from atmflow.data.embedded import RawTask
-from atmflow.data.examples import LazyInputs, Preprocess, materialise
+from atmflow.data.examples import AugmentedInputs, LazyInputs, Preprocess, materialise
 from atmflow.data.tasks import VAL_MAX
 
 HELD_OUT_TEST_FRACTION = 0.2
@@ -34,9 +34,15 @@ HELD_OUT_TEST_FRACTION = 0.2
 class Split:
     x: torch.Tensor | LazyInputs  # [N, ...] preprocessed inputs (or a lazy view yielding them)
     y: torch.Tensor  # [N] int64
+    augmented: AugmentedInputs | None = None  # the same examples through the family's training transform
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def train_batch(self, index: torch.Tensor, seed: int) -> torch.Tensor:
+        """The inputs a fine-tuning step sees: through the training transform (seeded) when the split has
+        one, else the preprocessed inputs ``x[index]``."""
+        return self.x[index] if self.augmented is None else self.augmented.batch(index, seed)
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,11 @@ def literature_split(n: int, val_fraction: float, val_max: int, seed: int) -> tu
 
 
 def make_splits(name: str, raw: RawTask, *, train_size: int, test_size: int, val_fraction: float, seed: int,
-                preprocess: Preprocess, val_max: int = VAL_MAX, workers: int = 0) -> TaskData:
-    """Draw the task's train / validation / test splits (see module docstring)."""
+                preprocess: Preprocess, val_max: int = VAL_MAX, workers: int = 0,
+                train_preprocess: Preprocess | None = None) -> TaskData:
+    """Draw the task's train / validation / test splits (see module docstring); with ``train_preprocess`` (a
+    random training transform) the train and validation splits, which fine-tuning may use, also carry
+    their examples through it (``Split.augmented``)."""
     rng = np.random.default_rng(seed)
     pool, y_pool, test_pool, y_test_pool = _pools(raw, rng)
     for what, want, have in (("train-size", train_size, len(y_pool)), ("test-size", test_size, len(y_test_pool))):
@@ -93,9 +102,10 @@ def make_splits(name: str, raw: RawTask, *, train_size: int, test_size: int, val
     test_idx = rng.permutation(len(y_test_pool))[:test_size] if test_size else np.arange(len(y_test_pool))
     test_inputs = raw.inputs if raw.test_inputs is None else raw.test_inputs
 
-    def split(inputs: object, where: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> Split:
-        return Split(materialise(inputs, where[idx], preprocess, workers), torch.from_numpy(labels[idx]))
+    def split(inputs: object, where: np.ndarray, labels: np.ndarray, idx: np.ndarray, train: bool = False) -> Split:
+        augmented = AugmentedInputs(inputs, where[idx], train_preprocess) if train and train_preprocess else None
+        return Split(materialise(inputs, where[idx], preprocess, workers), torch.from_numpy(labels[idx]), augmented)
 
-    return TaskData(name, raw.num_classes, split(raw.inputs, pool, y_pool, train_idx),
-                    split(raw.inputs, pool, y_pool, val_idx), split(test_inputs, test_pool, y_test_pool, test_idx),
-                    raw.class_names)
+    return TaskData(name, raw.num_classes, split(raw.inputs, pool, y_pool, train_idx, train=True),
+                    split(raw.inputs, pool, y_pool, val_idx, train=True),
+                    split(test_inputs, test_pool, y_test_pool, test_idx), raw.class_names)

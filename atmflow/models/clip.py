@@ -6,9 +6,11 @@ builds the heads. The zero-shot head of a task (Ilharco et al. 2023, ``task_vect
 ``src/heads.py``; CLIP, Radford et al. 2021): for each class ``c``, every prompt template filled
 with ``c`` is encoded by the text tower and L2-normalised; the mean over templates is normalised
 again, giving the row ``w_c``; ``logits = exp(logit_scale) * normalize(f(x)) @ W^T``. The head is
-frozen (buffers). Images are preprocessed by the model's own transform (resize to its input
-size, bicubic, centre crop, CLIP mean / std), the same for training and evaluation as in the
-literature.
+frozen (buffers). Images are preprocessed by open_clip's transforms for the model (:func:`clip_transform`):
+for evaluation resize to its input size (bicubic), centre crop, CLIP mean / std; for fine-tuning
+(``train-transform = "auto"``) open_clip's training transform, a random resized crop (scale 0.9 to 1)
+then the same normalisation, as ``open_clip.create_model_and_transforms``'s ``preprocess_train``, which
+task_vectors and TaLoS fine-tune with.
 
 Weights (``pretrained``):
 
@@ -118,8 +120,6 @@ def load_clip(model: str, pretrained: str, cache_dir: str = "") -> tuple[nn.Modu
     """(CLIP model in eval mode, float32 on the CPU; image preprocessing; tokenizer), loaded once."""
     hub_offline()  # a tokenizer or config missing from the cache fails at once instead of retrying the hub
     open_clip = _open_clip()
-    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
-
     name = model_name(model)
     path, pcfg = resolve_weights(model, pretrained, cache_dir)
     kwargs = dict(force_quick_gelu=bool(pcfg.get("quick_gelu", False)), pretrained_image=False,
@@ -131,12 +131,28 @@ def load_clip(model: str, pretrained: str, cache_dir: str = "") -> tuple[nn.Modu
     else:
         clip = open_clip.create_model(name, pretrained=path, **kwargs)
     clip = clip.float().eval()
-    cfg = merge_preprocess_dict(PreprocessCfg(), {k: v for k, v in pcfg.items() if k in PreprocessCfg.__annotations__})
-    cfg["size"] = clip.visual.image_size
-    transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
     tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir or None)
     _check_tokenizer(tokenizer, clip, name)
-    return clip, transform, tokenizer
+    return clip, clip_transform(clip, pcfg, train=False), tokenizer
+
+
+def clip_transform(clip: nn.Module, pcfg: dict[str, Any], *, train: bool) -> Any:
+    """open_clip's image transform for ``clip`` with its weights' preprocessing config ``pcfg`` (mean, std,
+    interpolation, resize mode): evaluation, or training (``train``: ``image_transform_v2(..., is_train=True)``
+    with open_clip's default augmentation, a ``RandomResizedCrop`` of scale (0.9, 1.0)). One function for
+    both, as ``open_clip.create_model_and_transforms`` builds them."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    cfg = merge_preprocess_dict(PreprocessCfg(), {k: v for k, v in pcfg.items() if k in PreprocessCfg.__annotations__})
+    cfg["size"] = clip.visual.image_size
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=train)
+
+
+@lru_cache(maxsize=2)
+def load_train_transform(model: str, pretrained: str, cache_dir: str = "") -> Any:
+    """The training transform of :func:`load_clip`'s model (see :func:`clip_transform`)."""
+    clip = load_clip(model, pretrained, cache_dir)[0]
+    return clip_transform(clip, resolve_weights(model, pretrained, cache_dir)[1], train=True)
 
 
 def _check_tokenizer(tokenizer: Any, clip: nn.Module, name: str) -> None:
@@ -213,6 +229,10 @@ class OpenCLIPFamily(ModelFamily):
 
     def preprocess(self, examples: Any) -> torch.Tensor:
         transform = self._loaded()[1]
+        return torch.stack([transform(im) for im in _pil(examples)])
+
+    def train_preprocess(self, examples: Any) -> torch.Tensor:
+        transform = load_train_transform(self.model, self.pretrained, self.cfg.hf_cache_dir)
         return torch.stack([transform(im) for im in _pil(examples)])
 
     def special_head(self, kind: str, data: Any, device: torch.device) -> FrozenHead:

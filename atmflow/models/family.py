@@ -8,7 +8,8 @@ Clients and the server never name a model class; they ask the run's family (:fun
   and on clients the module that a received state dict is loaded into (strict);
 * :meth:`ModelFamily.trainable_keys` - the tensors that are fine-tuned, sent and merged;
 * :meth:`ModelFamily.preprocess` - a batch of raw examples of the family's modality (images, or
-  texts) -> the input tensor (see :mod:`atmflow.data.examples`);
+  texts) -> the input tensor (see :mod:`atmflow.data.examples`); :meth:`ModelFamily.train_preprocess`
+  the same through the family's random training transform, for families that have one (open_clip);
 * :meth:`ModelFamily.build_head` - the task's frozen head (``FrozenHead``): the generic ``probe`` and
   ``random`` heads are built here from the pretrained features; families add their own kinds
   (open_clip: ``zeroshot``) by overriding :meth:`ModelFamily.special_head`.
@@ -81,6 +82,12 @@ class ModelFamily(ABC):
     @abstractmethod
     def preprocess(self, examples: Any) -> torch.Tensor:
         """A batch of raw examples -> the encoder's input tensor (float images or int token ids)."""
+
+    def train_preprocess(self, examples: Any) -> torch.Tensor:
+        """Like :meth:`preprocess`, through the family's random training transform (draws from torch's
+        global generator: callers seed it, see :class:`atmflow.data.examples.AugmentedInputs`)."""
+        raise ValueError(f"model-family {self.cfg.model_family!r} has no training transform; "
+                         "use train-transform = 'auto' or 'eval'")
 
     def trainable_keys(self, encoder: nn.Module) -> list[str]:
         """Names of the tensors that are fine-tuned and merged (parameters; buffers stay frozen)."""

@@ -113,8 +113,10 @@ class RunResults:
         above = avg_accuracy(self.individual) > avg_accuracy(self.pretrained)
         bound = ("above the pretrained model, so an upper bound for merging" if above else
                  "not above the pretrained model here, so not an upper bound (too little data or budget?)")
-        return ["", f"\"individual\": each task's own model, fine-tuned from the pretrained one for the whole "
-                    f"budget; {bound}. Normalized accuracy = accuracy / the individual model's."]
+        epochs = self.config.get("budget-epochs", "budget-epochs")
+        return ["", f"\"individual\": each task's own model, fine-tuned from the pretrained one for {epochs} epochs "
+                    f"(budget-epochs); {bound}. Normalized accuracy = accuracy / the individual model's (a round "
+                    "that spent another number of epochs compares two budgets)."]
 
     def geometry_line(self) -> str:
         """The last round's mean |cosine| between task vectors, or why there is none (secure aggregation:

@@ -26,12 +26,15 @@ def round_seed(seed: int, round_: int) -> int:
 
 
 def train_instructions(cfg: RunConfig, *, epochs: int, split: str = "train", evaluate_finetuned: bool = False,
-                       tatr_exemplars: int = 0) -> TrainInstructions:
-    """The config's fine-tuning settings as instructions (seed: the run's; :meth:`RunPlan.round` sets a round's)."""
+                       tatr_exemplars: int = 0, atm: bool = False) -> TrainInstructions:
+    """The config's fine-tuning settings as instructions (seed: the run's; :meth:`RunPlan.round` sets a round's);
+    the recipe of an ATM round (``atm``) or of a fine-tuning from the pretrained model (:meth:`RunConfig.recipe`)."""
+    recipe = cfg.recipe(atm=atm)
     return TrainInstructions(
         epochs=epochs, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
         batch_size=cfg.batch_size, full_batch=cfg.full_batch, seed=cfg.seed,
         evaluate_finetuned=evaluate_finetuned, split=split, tatr_exemplars=tatr_exemplars,
+        lr_schedule=recipe.lr_schedule, warmup_steps=recipe.warmup_steps, grad_clip=recipe.grad_clip,
     )
 
 
@@ -83,7 +86,7 @@ class RunPlan:
             return cls(True, 1, instructions, step, grid, cfg.round_timeout, cfg.on_missing_task,
                        cfg.lambda_selection, secure)
         instructions = train_instructions(cfg, epochs=cfg.epochs_per_round, tatr_exemplars=exemplars,
-                                          split=cfg.atm_finetune_split)
+                                          split=cfg.atm_finetune_split, atm=True)
         return cls(False, cfg.rounds, instructions, step, (), cfg.round_timeout, cfg.on_missing_task,
                    secure=secure)
 

@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -247,11 +247,64 @@ def _scores_of(results: dict[str, Any], pick: Pick) -> tuple[dict[str, dict[str,
     return record["tasks"], record
 
 
+def pick_epochs(config: Mapping[str, Any], pick: Pick) -> int:
+    """Fine-tuning epochs per task behind a row: round K of an ATM run spent K x ``epochs-per-round``; a
+    one-shot round, the individual models (and, for want of another budget, the pretrained row) the
+    run's ``budget-epochs``."""
+    if isinstance(pick.round, int) and config["strategy"] == "atm":
+        return pick.round * int(config["epochs-per-round"])
+    return int(config["budget-epochs"])
+
+
+def bound_key(config: Mapping[str, Any], epochs: int) -> str:
+    """Which individual models a run of ``config`` would fine-tune for ``epochs`` epochs: the client
+    settings and the individual exchange's instructions (what the clients' cache keys them by), so that
+    runs of one study that differ only in how they merge share them."""
+    from atmflow.strategies.plan import individual_instructions
+
+    cfg = load_config({**config, "budget-epochs": epochs})
+    return json.dumps({"client": cfg.client_settings(), "instructions": asdict(individual_instructions(cfg))},
+                      sort_keys=True)
+
+
+def individual_bounds(runs: Iterable[tuple[RunSpec, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """``{bound_key: per-task individual scores}`` over the experiment runs whose individual models are the
+    individual exchange's (each fine-tuned for its run's ``budget-epochs``). PH-ATM runs are left out: their
+    individual models are their TA start's fine-tuning, which has another data order (round 0's seed)."""
+    bounds = {}
+    for spec, results in runs:
+        config = spec.config()
+        if spec.kind == "experiment" and results.get("individual") and not load_config(config).ph_atm:
+            bounds.setdefault(bound_key(config, int(config["budget-epochs"])), results["individual"]["tasks"])
+    return bounds
+
+
+def normalized_rows(study: str, spec: RunSpec, folder: Path, results: dict[str, Any],
+                    bounds: Mapping[str, Mapping[str, Any]]) -> list[Row]:
+    """Per row, the normalized accuracy ``mean_t acc_t / acc_t(individual)`` (papers 001 and 004, Eq. 11),
+    against individual models fine-tuned for as many epochs as the row spent (:func:`pick_epochs`): a
+    PA-ATM30 row divides by 30-epoch individual models. The run's own when they have that budget, else
+    those of another run of the study with the same client and fine-tuning settings (:func:`bound_key`,
+    ``bounds``: :func:`individual_bounds`); a row whose budget has none gets no normalized accuracy (its
+    cell shows "-") rather than a ratio to another budget's models."""
+    rows = []
+    config = spec.config()
+    own = (results.get("individual") or {}).get("tasks")
+    for pick in spec.picks:
+        epochs = pick_epochs(config, pick)
+        individual = own if own and epochs == int(config["budget-epochs"]) else bounds.get(bound_key(config, epochs))
+        if individual:
+            scores, _ = _scores_of(results, pick)
+            value = statistics.fmean(scores[t]["accuracy"] / individual[t]["accuracy"] for t in scores)
+            rows.append(Row(study, pick.setting, pick.method, spec.seed, "avg", "normalized", value, folder.name))
+    return rows
+
+
 def experiment_rows(study: str, spec: RunSpec, folder: Path, results: dict[str, Any]) -> list[Row]:
-    """Per task: accuracy and loss; per row: the average accuracy, the normalized accuracy, the bytes
-    uploaded up to that round, the mean |cosine| between that round's task vectors and lambda."""
+    """Per task: accuracy and loss; per row: the average accuracy, the bytes uploaded up to that round,
+    the mean |cosine| between that round's task vectors and lambda (normalized accuracy:
+    :func:`normalized_rows`, which needs the study's other runs)."""
     rows: list[Row] = []
-    individual = (results.get("individual") or {}).get("tasks")
     for pick in spec.picks:
         scores, record = _scores_of(results, pick)
 
@@ -262,9 +315,6 @@ def experiment_rows(study: str, spec: RunSpec, folder: Path, results: dict[str, 
             add(task, "accuracy", s["accuracy"])
             add(task, "loss", s["loss"])
         add("avg", "accuracy", statistics.fmean(s["accuracy"] for s in scores.values()))
-        if individual:
-            add("avg", "normalized", statistics.fmean(scores[t]["accuracy"] / individual[t]["accuracy"]
-                                                      for t in scores))
         if record is not None:
             upto = [r for r in results["rounds"] if r["round"] <= record["round"]]
             add("avg", "mb-up-per-task", sum(r["bytes_up"] for r in upto) / len(scores) / 1e6)

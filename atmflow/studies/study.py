@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from atmflow.config import ConfigError
 from atmflow.files import atomic_write_text
+from atmflow.studies import runner
 from atmflow.studies.runner import Row, RunSpec, Settings, experiment_rows, load_results, run_all, write_csv
 from atmflow.studies.tables import Table, mean_sd
 
@@ -116,12 +117,12 @@ def run_study(study: Study, *, seeds: Sequence[int], root: Path, out: Path | Non
                         workers=workers, keep_weights=keep_weights, probes=dict(study.probes))
     folders, computed = run_all(specs, settings, study.name)
     rows: list[Row] = []
-    runs: list[RunOutput] = []
-    for spec in specs:
-        folder = folders[spec.key()]
-        results = load_results(folder)
-        runs.append((spec, folder, results))
+    runs: list[RunOutput] = [(spec, folders[spec.key()], load_results(folders[spec.key()])) for spec in specs]
+    bounds = runner.individual_bounds((spec, results) for spec, _, results in runs)
+    for spec, folder, results in runs:
         rows += study.rows(study.name, spec, folder, results)
+        if spec.kind == "experiment":
+            rows += runner.normalized_rows(study.name, spec, folder, results, bounds)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "results.csv")
     body = study.report(Table(rows), opts, runs, out / "figures")

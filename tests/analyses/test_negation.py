@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
-from atmflow.analyses.disentanglement import disentanglement_error, grid_values, plot, predictor
+from atmflow.analyses.disentanglement import disentanglement_error, grid_values, plot, predictor, seeded_subset
 from atmflow.analyses.finetuned import finetuned_task_vectors
 from atmflow.analyses.negation import choose_alpha, negate
+from atmflow.client import task as client_task
 from atmflow.config import COEFFICIENT_GRID, coefficient_grid, load_config
+from atmflow.models.family import get_family
 
 
 def test_alpha_grid_is_stretched_for_talos() -> None:
@@ -48,6 +51,26 @@ def test_disentanglement_error_of_a_known_predictor() -> None:
     assert xi[:, 2].abs().max() == 0  # alpha_2 = 0: nothing added
     # alpha_1 = 0, alpha_2 = 1: task 1's threshold moves by 1 -> x in (-1, 0] flip: 4 of 9 points
     assert xi[2, 4].item() == pytest.approx(4 / 9)
+
+
+def test_seeded_subset_is_a_random_subset_of_the_test_points() -> None:
+    idx = seeded_subset(1000, 50, seed=3)
+    assert torch.equal(idx, seeded_subset(1000, 50, seed=3)) and not torch.equal(idx, seeded_subset(1000, 50, seed=4))
+    assert len(idx.unique()) == 50 and torch.equal(idx, idx.sort().values) and idx.max() > 100  # not the first 50
+    assert torch.equal(seeded_subset(30, 50, seed=3), torch.arange(30))  # fewer points than asked: all of them
+
+
+def test_disentanglement_predicts_on_the_seeded_subset(tiny: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config({**tiny, "tasks": "digits,mnist", "seed": 3})
+    tv = SimpleNamespace(cfg=cfg, pretrained=get_family(cfg).pretrained_encoder().state_dict())
+    seen: list[torch.Tensor] = []
+    real = client_task.encode
+    monkeypatch.setattr(client_task, "encode", lambda enc, x, device: seen.append(x) or real(enc, x, device))
+    predictions = predictor(tv, ["digits", "mnist"], 5)({}, 0)
+    test = client_task.local_task("digits", cfg).data.test
+    idx = seeded_subset(len(test), 5, seed=3)
+    assert len(predictions) == 5 and torch.equal(seen[0], test.x[idx])
+    assert not torch.equal(idx, torch.arange(5))  # the first 5 test points were the old choice
 
 
 @pytest.mark.slow  # two data loads per task and real fine-tuning: over the default suite's budget

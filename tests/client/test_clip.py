@@ -121,7 +121,8 @@ def test_whole_vision_path_on_hub_format_data(tmp_path: Path) -> None:
     overrides: dict[str, Any] = {
         **TINY_CLIP, "tasks": "dtd,eurosat", "strategy": "ta", "budget-epochs": 2, "lambda-grid": "0.5,1.0",
         "train-size": 0, "test-size": 0, "data-sources": f"dtd={dtd},eurosat={eurosat}", "lr": 1e-3,
-        "batch-size": 8, "output-dir": str(tmp_path / "out"), "run-name": "clip", "node-wait-s": 5.0}
+        "batch-size": 8, "output-dir": str(tmp_path / "out"), "run-name": "clip", "node-wait-s": 5.0,
+        "warmup-steps": 2}  # open_clip's recipe (cosine, clip 1.0, training transform); 2 of the 10 steps warm up
     run_inprocess(overrides)
     out = json.loads((tmp_path / "out" / "clip" / "results.json").read_text())
     (record,) = out["rounds"]

@@ -24,8 +24,8 @@ def test_paper_defaults() -> None:
     # paper 004, A.1: {0, 0.05, ..., 1.0}, chosen by normalized validation accuracy
     assert cfg.lambda_grid == tuple(i / 20 for i in range(21)) and cfg.lambda_selection == "normalized"
     # paper 000's baselines: TIES keeps the top 15% (docs/merging.md says why not the TIES paper's 20%)
-    assert cfg.merge_params == {"ties-k": 0.15, "breadcrumbs-beta": 0.85, "breadcrumbs-gamma": 0.993, "dare-p": 0.9,
-                                "merge-seed": 0, "tatr-trust-fraction": 0.01}
+    assert cfg.merge_params == {"ties-k": 0.15, "breadcrumbs-beta": 0.85, "breadcrumbs-gamma": 0.993,
+                                "breadcrumbs-per-row": 1, "dare-p": 0.9, "merge-seed": 0, "tatr-trust-fraction": 0.01}
     assert (cfg.finetune, cfg.talos_sparsity, cfg.talos_rounds, cfg.talos_calibration) == (
         "full", 0.9, 4, "soft-masked")
     assert (cfg.tatr_exemplars, cfg.on_missing_task) == (128, "fail")

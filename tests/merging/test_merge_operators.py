@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
-from testkit.references import tatr_reference, ties_reference
+from testkit.references import official_breadcrumbs_rows, tatr_reference, ties_reference
 
 from atmflow.merging import METHODS, merge
 from atmflow.merging.select import top_fraction_thresholds
@@ -85,11 +85,37 @@ def test_breadcrumbs_keeps_entries_between_the_percentiles() -> None:
     assert torch.equal(merged["w"], t(0.0, 0.0, 3.0, -4.0, 5.0, -6.0, 7.0, -8.0, 0.0, 0.0))
 
 
-def test_breadcrumbs_percentiles_are_per_tensor() -> None:
+def test_breadcrumbs_per_tensor_option_uses_percentiles_of_each_tensor() -> None:
     base = {"small": torch.zeros(3), "large": torch.zeros(3)}
     taus = [{"small": t(1.0, 2.0, 3.0), "large": t(100.0, 200.0, 300.0)}]
-    merged = merge("breadcrumbs", base, taus, beta=0.5, gamma=1.0, lam=1.0)
+    merged = merge("breadcrumbs", base, taus, beta=0.5, gamma=1.0, lam=1.0, per_row=0)
     assert torch.equal(merged["small"], t(0.0, 2.0, 3.0)) and torch.equal(merged["large"], t(0.0, 200.0, 300.0))
+
+
+def test_breadcrumbs_masks_each_row_as_the_official_code() -> None:
+    """Rows of different scales (as in real weights): per row, of 10 entries drop the largest
+    floor(10 * 0.1) = 1 and keep the next floor(10 * 0.3) = 3; a tensor-wide percentile would keep
+    only entries of the large row."""
+    small = t(0.1, -0.9, 0.3, 0.7, -0.2, 0.5, 0.8, -0.4, 0.6, 1.0)
+    tau = torch.stack([small, 100 * small.flip(0)])
+    kept = t(0.0, -0.9, 0.0, 0.7, 0.0, 0.0, 0.8, 0.0, 0.0, 0.0)  # 1.0 dropped; 0.9, 0.8, 0.7 kept
+    expected = torch.stack([kept, 100 * kept.flip(0)])
+    merged = merge("breadcrumbs", {"w": torch.zeros(2, 10)}, [{"w": tau}], beta=0.6, gamma=0.9, lam=1.0)
+    assert torch.equal(merged["w"], expected)
+    assert torch.equal(merged["w"], official_breadcrumbs_rows(tau, 1 - 0.9, 0.9 - 0.6))
+    per_tensor = merge("breadcrumbs", {"w": torch.zeros(2, 10)}, [{"w": tau}], beta=0.6, gamma=0.9, lam=1.0,
+                       per_row=0)["w"]
+    assert per_tensor[0].count_nonzero() == 0 and not torch.equal(per_tensor, expected)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_breadcrumbs_matches_the_official_rule_on_random_matrices(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    tau = torch.randn(16, 1000, generator=g) * torch.logspace(-3, 1, 16).unsqueeze(1)  # rows of other scales
+    merged = merge("breadcrumbs", {"w": torch.zeros(16, 1000)}, [{"w": tau}], lam=1.0)  # beta .85, gamma .993
+    official = official_breadcrumbs_rows(tau, 1 - 0.993, 0.993 - 0.85)
+    assert torch.equal(merged["w"], official)
+    assert (official != 0).sum(dim=1).tolist() == [143] * 16  # 7 outliers dropped, 143 kept per row
 
 
 def test_dare_drops_or_rescales_every_entry_reproducibly() -> None:

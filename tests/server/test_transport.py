@@ -47,9 +47,19 @@ def test_half_precision_decodes_to_the_rounded_values(dtype: str) -> None:
     assert wire["dense"].element_size() == 2
 
 
-def test_float64_vectors_keep_their_dtype() -> None:
-    tau = {"w": torch.randn(4, 4, dtype=torch.float64)}
-    assert torch.equal(decode(*encode(tau, "float32"))["w"], tau["w"].float().double())
+def test_float64_round_trip_is_bit_exact_and_float32_transport_rounds_it() -> None:
+    gen = torch.Generator().manual_seed(1)
+    sparse = torch.zeros(300, dtype=torch.float64)
+    sparse[::37] = torch.randn(9, generator=gen, dtype=torch.float64) * 1e-9  # below float32's resolution
+    tau = {"dense": torch.randn(4, 4, generator=gen, dtype=torch.float64) + 1e-12, "sparse": sparse}
+    wire, spec = encode(tau)  # the default: exact
+    assert wire["dense"].dtype == torch.float64 and wire["sparse.values"].dtype == torch.float64
+    out = decode(through_flower(wire), spec)
+    for k in tau:
+        assert out[k].dtype == torch.float64 and torch.equal(out[k], tau[k]), k
+    rounded = decode(*encode(tau, "float32"))
+    assert torch.equal(rounded["dense"], tau["dense"].float().double())
+    assert not torch.equal(rounded["dense"], tau["dense"])  # float32 transport of a float64 vector rounds
 
 
 def test_index_dtype_is_the_smallest_that_fits() -> None:

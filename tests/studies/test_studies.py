@@ -4,6 +4,7 @@ a tiny subset (outputs, figures, and a second invocation that computes nothing).
 from __future__ import annotations
 
 import csv
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,20 @@ def test_every_study_end_to_end_then_cached(tmp_path: Path, monkeypatch: pytest.
     assert {r["setting"] for r in budget} == {"K=1", "K=2"}
     assert {r["task"] for r in budget} == {"mnist", "digits", "avg"}
     orig = (root / "original-settings" / "report.md").read_text()
-    for row in ("| pretrained |", "| TA |", "| TATR |", "| PH-ATM2 |", "| PA-ATM2 |", "| PA-ATM3 |", "| individual |"):
+    for row in ("| pretrained |", "| TA |", "| TATR |", "| PH-ATM2 |", "| PA-ATM2 |", "| PA-ATM3 |", "| individual |",
+                "| individual (3 epochs) |"):
         assert row in orig
+    orig_rows = _csv(root / "original-settings" / "results.csv")
+
+    def value(method: str, task: str, metric: str) -> float:
+        return next(float(r["value"]) for r in orig_rows
+                    if (r["method"], r["task"], r["metric"]) == (method, task, metric))
+
+    # each row's normalized accuracy divides by individual models of its own budget: PA-ATM3 by 3-epoch ones
+    for method, bound in (("PA-ATM3", "individual (3 epochs)"), ("PA-ATM2", "individual"), ("TA", "individual")):
+        expected = statistics.fmean(value(method, t, "accuracy") / value(bound, t, "accuracy")
+                                    for t in ("mnist", "digits"))
+        assert value(method, "avg", "normalized") == pytest.approx(expected, rel=1e-4)  # the csv keeps 6 digits
     # PA-ATM2 is round 2 of the 3-round run, which is the budget study's 2-round run (same seed, same rounds)
     pa2 = [r for r in _csv(root / "original-settings" / "results.csv") if r["method"] == "PA-ATM2"]
     pak2 = [r for r in budget if r["method"] == "PA-ATM" and r["setting"] == "K=2"]

@@ -100,18 +100,43 @@ def ties_tatr_reference(vectors: Sequence[State], k: float, fraction: float, lam
     return unflat(lam * ties_update(flat(vectors), k) * mask, vectors[0])
 
 
-def breadcrumbs_reference(vectors: Sequence[State], beta: float, gamma: float, lam: float) -> dict[str, torch.Tensor]:
-    """Breadcrumbs: ``lambda * sum_t tau_t [q_beta <= |tau_t| <= q_gamma]``, quantiles of ``|tau_t|`` per
-    tensor (numpy's default, linear interpolation)."""
+def breadcrumbs_reference(vectors: Sequence[State], beta: float, gamma: float, lam: float,
+                          per_row: bool = True) -> dict[str, torch.Tensor]:
+    """Breadcrumbs: ``lambda * sum_t tau_t * mask_t``; ``per_row``: :func:`official_breadcrumbs_rows`
+    (a convolution kernel taken as ``[out, in * kh * kw]``), else ``[q_beta <= |tau_t| <= q_gamma]`` with
+    quantiles of ``|tau_t|`` per tensor (numpy's default, linear interpolation)."""
     out = {}
     for key in vectors[0]:
         kept = []
         for v in vectors:
+            if per_row:
+                x = v[key].reshape(v[key].shape[0], -1) if v[key].dim() > 2 else v[key]
+                kept.append(official_breadcrumbs_rows(x, 1 - gamma, gamma - beta).reshape(v[key].shape))
+                continue
             magnitude = v[key].abs()
             low, high = np.quantile(magnitude.reshape(-1).numpy(), [beta, gamma])
             kept.append(v[key] * ((magnitude >= float(low)) & (magnitude <= float(high))))
         out[key] = lam * task_sum(kept)
     return out
+
+
+def official_breadcrumbs_rows(tensor: torch.Tensor, top_k_remove: float, top_k_keep: float) -> torch.Tensor:
+    """The official rule (rezazzr/breadcrumbs ``TaskVectorMiddleKeep``, ``remove_first``), restated: along the
+    last dimension, zero the ``int(cols * top_k_remove)`` largest ``|x|``, then keep only the
+    ``int(cols * top_k_keep)`` largest of what is left; a 0-d tensor is returned as it is. The fractions are
+    rounded to 9 decimals first (``1 - 0.8`` must count like 0.2). ``topk`` leaves the order of equal
+    magnitudes to the backend (real AdamW task vectors have many: early steps move entries by exactly lr);
+    here ties go to the earlier position, as the rule documents."""
+    if tensor.dim() == 0:
+        return tensor
+    cols = tensor.shape[-1]
+
+    def top_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
+        idx = x.abs().sort(dim=-1, descending=True, stable=True).indices[..., : int(round(cols * fraction, 9))]
+        return torch.zeros(x.shape).scatter_(x.dim() - 1, idx, 1.0)
+
+    removed = tensor * (1 - top_mask(tensor, top_k_remove))
+    return removed * top_mask(removed, top_k_keep)
 
 
 def dare_reference(vectors: Sequence[State], p: float, lam: float, seed: int) -> dict[str, torch.Tensor]:
