@@ -37,6 +37,12 @@ FAMILIES: dict[str, FamilyEntry] = {
     "open_clip": FamilyEntry(
         "atmflow.models.clip:OpenCLIPFamily", "image", "ViT-B-16", "openai", ("zeroshot", "probe", "random"),
         "CLIP image encoders (open_clip) with frozen zero-shot heads, the papers' vision setting"),
+    "torchvision": FamilyEntry(
+        "atmflow.models.torchvision_family:TorchvisionFamily", "image", "resnet18", "DEFAULT", ("probe", "random"),
+        "any torchvision classification model, weights from a local file or the local torch cache"),
+    "hf-vision": FamilyEntry(
+        "atmflow.models.hf_image:HFVisionFamily", "image", "facebook/dinov2-small", "default", ("probe", "random"),
+        "transformers image encoders (ViT, DINOv2, CLIP / SigLIP vision towers) from a local folder or the HF cache"),
     "hf-text": FamilyEntry(
         "atmflow.models.text:HFTextFamily", "text", "minilm-l6", "default", ("probe", "random"),
         "transformers text encoders (MiniLM-L6, BERT-base, RoBERTa-base) with frozen heads, text tasks and GLUE"),
