@@ -9,8 +9,6 @@ Gradients flow as usual: eval mode changes only what those layers compute.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
 from pathlib import Path
 
 from torch import nn
@@ -24,12 +22,6 @@ class EvalModeEncoder(nn.Module):
         for module in self.children():
             module.eval()
         return self
-
-
-def closest(name: str, known: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``known`` to a misspelt ``name``, else ""."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def single_weights_file(folder: Path) -> str | None:

@@ -10,6 +10,7 @@ stand for.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,7 +50,16 @@ FAMILIES: dict[str, FamilyEntry] = {
 }
 
 
+def closest(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to a misspelt ``name``, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def family_entry(name: str) -> FamilyEntry:
     if name not in FAMILIES:
-        raise ValueError(f"unknown model-family {name!r}; allowed: {', '.join(sorted(FAMILIES))}")
+        raise ValueError(f"unknown model-family {name!r}{closest(name, FAMILIES)}; "
+                         f"allowed: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[name]

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from atmflow.models.encoders import closest, single_weights_file
+from atmflow.models.encoders import single_weights_file
 from atmflow.models.family import ModelFamily
 from atmflow.models.offline import hub_cache, hub_offline, local_snapshot
-from atmflow.models.registry import WeightsUnavailableError
+from atmflow.models.registry import WeightsUnavailableError, closest
 from atmflow.paths import is_hub_id, is_local_path
 
 if TYPE_CHECKING:

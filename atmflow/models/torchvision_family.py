@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from atmflow.data.images import imagenet_preprocess
-from atmflow.models.encoders import EvalModeEncoder, closest
+from atmflow.models.encoders import EvalModeEncoder
 from atmflow.models.family import ModelFamily
-from atmflow.models.registry import WeightsUnavailableError
+from atmflow.models.registry import WeightsUnavailableError, closest
 from atmflow.paths import is_local_path
 
 
