@@ -1,4 +1,5 @@
-"""The Flower ServerApp: validate the run config first, then run the experiment."""
+"""The Flower ServerApp: validate the run config first, then run the experiment (in a simulation with more or
+fewer SuperNodes than tasks, through task addresses: :mod:`atmflow.server.routing`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 from atmflow.config import load_config
 from atmflow.logs import timestamped_logs
 from atmflow.server.experiment import run_experiment
+from atmflow.server.routing import task_grid
 
 app = ServerApp()
 
@@ -15,4 +17,5 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     timestamped_logs()
-    run_experiment(grid, load_config(context.run_config))
+    cfg = load_config(context.run_config)
+    run_experiment(task_grid(grid, cfg.tasks), cfg)
