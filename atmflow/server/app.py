@@ -1,11 +1,13 @@
-"""The Flower ServerApp: validate the run config first, then run the experiment (in a simulation with more or
-fewer SuperNodes than tasks, through task addresses: :mod:`atmflow.server.routing`)."""
+"""The Flower ServerApp: validate the run config first (a relative ``output-dir`` is taken in the app folder:
+:func:`atmflow.app_config.server_output_dir`), then run the experiment (in a simulation with more or fewer
+SuperNodes than tasks, through task addresses: :mod:`atmflow.server.routing`)."""
 
 from __future__ import annotations
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from atmflow.app_config import server_output_dir
 from atmflow.config import load_config
 from atmflow.logs import timestamped_logs
 from atmflow.server.experiment import run_experiment
@@ -17,5 +19,5 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     timestamped_logs()
-    cfg = load_config(context.run_config)
+    cfg = server_output_dir(load_config(context.run_config), grid.run.fab_id)
     run_experiment(task_grid(grid, cfg.tasks), cfg)
