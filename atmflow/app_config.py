@@ -68,3 +68,35 @@ def resolve_config(project: Path, overrides: str | Mapping[str, object] = "") ->
     extra = parse_overrides(overrides) if isinstance(overrides, str) else dict(overrides)
     merged = {**app_defaults(project), **extra}
     return load_config({**merged, **app_relative(project, merged)})
+
+
+def is_app_folder(folder: Path, fab_id: str) -> bool:
+    """``folder`` holds the pyproject.toml of the Flower app ``fab_id`` (``<publisher>/<project name>``)."""
+    try:
+        with (folder / "pyproject.toml").open("rb") as f:
+            project = tomllib.load(f)
+        return f"{project['tool']['flwr']['app']['publisher']}/{project['project']['name']}" == fab_id
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return False
+
+
+def server_output_dir(cfg: RunConfig, fab_id: str, cwd: Path | None = None) -> RunConfig:
+    """``cfg`` with a relative ``output-dir`` made absolute in the app folder, for the ServerApp.
+
+    Flower does not tell the ServerApp which folder ``flwr run`` was called from (it sends the app as a
+    bundle, plus the overrides); the ServerApp runs in the SuperLink's working folder, which for Flower's
+    local SuperLink is the folder where the ``flwr run`` that started it was called. When that folder is
+    this app's folder (its pyproject.toml names the same app, ``fab_id``), a relative ``output-dir`` is
+    taken there. Otherwise (a SuperLink started elsewhere, or a remote one) the run stops before any work,
+    naming the folder, rather than writing results where nobody looks for them.
+    """
+    if Path(cfg.output_dir).expanduser().is_absolute():
+        return cfg
+    here = (cwd or Path.cwd()).resolve()
+    if not is_app_folder(here, fab_id):
+        raise ConfigError(
+            f"output-dir={cfg.output_dir!r} is relative, and the ServerApp runs in {here}, which is not the folder of "
+            f"app {fab_id!r} (Flower runs it where the SuperLink was started). Give an absolute folder, e.g. "
+            f"flwr run . --run-config \"output-dir='$PWD/{cfg.output_dir}'\", or stop that SuperLink so that the next "
+            "flwr run . starts it in your app folder")
+    return cfg.model_copy(update={"output_dir": str(here / Path(cfg.output_dir).expanduser())})

@@ -10,3 +10,10 @@ def is_local_path(source: str) -> bool:
 
     Anything else is a hub name (a Hugging Face or open_clip id), read from the local cache only."""
     return source.startswith(("/", ".", "~")) or Path(source).expanduser().exists()
+
+
+def is_hub_id(source: str) -> bool:
+    """``source`` has the form of a Hugging Face hub id, ``org/name`` (and is not a local path)."""
+    import re
+
+    return not is_local_path(source) and re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None

@@ -25,6 +25,10 @@ Under ``privacy = "secagg"`` a train round is Flower's SecAgg+ protocol (four tr
 vector leaves the node quantized and masked, :mod:`atmflow.privacy.secagg`), and a train reply outside it
 carries no ``arrays`` (:func:`train_metrics_reply`).
 
+In a simulation whose number of SuperNodes differs from the number of tasks, one node serves several tasks
+(:mod:`atmflow.server.routing`): every request then also carries a ``serve`` config record naming the task
+the node answers for. A deployment's SuperNode holds the one task of its node config and refuses another.
+
 Official metrics. A node whose task has an official metric other than accuracy (GLUE CoLA: Matthews
 correlation; MRPC, QQP: F1 of the positive class; :data:`atmflow.data.glue.GLUE_TASKS`) sends it
 besides accuracy and loss, computed on the same predictions, under its name in
@@ -71,6 +75,7 @@ TALOS_KEPT_FRACTION = "talos-kept-fraction"
 SPLIT = "split"  # config key of an evaluate message
 PHASE = "phase"  # config record of every request: what the server is doing ("round 2 train", ...), for client logs
 SPEC = "spec"  # key of the transport config record
+SERVE = "serve"  # config record of a request to a simulated node serving several tasks: {task: the task to answer for}
 
 # Node config keys of a SuperNode (flower-supernode --node-config "task='cars' dataset-path='/data/cars'");
 # the path is read on the node only and never sent (atmflow.client.app.node_data)
@@ -154,6 +159,19 @@ def requested_phase(msg: Message) -> str:
     """The phase a request was sent in ("" when the server did not say)."""
     record = msg.content.config_records.get(PHASE)
     return str(record[PHASE]) if record is not None and PHASE in record else ""
+
+
+def for_task(records: RecordDict, task: str) -> RecordDict:
+    """A copy of ``records`` (sharing its records) that asks the node to answer for ``task`` (:data:`SERVE`)."""
+    out = RecordDict(dict(records.items()))
+    out.config_records[SERVE] = task_record(task)
+    return out
+
+
+def requested_task(msg: Message) -> str:
+    """The task a request asks the node to answer for ("" when it does not say: the node's own task)."""
+    record = msg.content.config_records.get(SERVE)
+    return str(record[TASK]) if record is not None and TASK in record else ""
 
 
 def requested_split(msg: Message) -> str:

@@ -1,11 +1,13 @@
-"""The Flower ClientApp: one SuperNode = one task.
+"""The Flower ClientApp: one SuperNode = one task (a simulated one may serve several).
 
 Which task a node holds: ``--node-config "task='mnist'"`` in a deployment; in a simulation, the
-node's ``partition-id`` indexes the run config's ``tasks`` list. In a deployment each SuperNode
-names its own data with ``--node-config "task='<name>' dataset-path='<folder or hub name>'"`` (own
-tasks, the Hugging Face vision tasks, GLUE, fashion-mnist, fortune-topic: every task whose data can
-be located); it overrides the run config's location for that task (``data-path`` is its old name).
-The path stays on the node: no reply carries it.
+node's ``partition-id`` indexes the run config's ``tasks`` list, or, when the simulation has more
+or fewer nodes than tasks, each request names the task to answer for (:mod:`atmflow.server.routing`).
+In a deployment each SuperNode names its own data with
+``--node-config "task='<name>' dataset-path='<folder or hub name>'"`` (own tasks, the Hugging Face
+vision tasks, GLUE, fashion-mnist, fortune-topic: every task whose data can be located); it overrides
+the run config's location for that task (``data-path`` is its old name). The path stays on the node:
+no reply carries it.
 """
 
 from __future__ import annotations
@@ -39,17 +41,25 @@ from atmflow.threads import pin_threads
 app = ClientApp(mods=[secagg.secagg_mod])  # the stages of a secure round go through Flower's SecAgg+ mod
 
 
-def node_task(context: Context, cfg: RunConfig) -> str:
-    """The task this node holds (see module docstring)."""
+def node_task(context: Context, cfg: RunConfig, msg: Message) -> str:
+    """The task this node answers ``msg`` for (see module docstring)."""
+    asked = protocol.requested_task(msg)
+    if asked and asked not in cfg.tasks:
+        raise ValueError(f"the server asked for task {asked!r}, which is not in the run's tasks {list(cfg.tasks)}")
     if protocol.NODE_TASK in context.node_config:
         task = str(context.node_config[protocol.NODE_TASK])
         if task not in cfg.tasks:
             raise ValueError(f"this node holds task {task!r}, which is not in the run's tasks {list(cfg.tasks)}")
+        if asked and asked != task:
+            raise ValueError(f"this node holds task {task!r} (its --node-config) and answers for no other; the server "
+                             f"asked for task {asked!r}")
         return task
+    if asked:
+        return asked
     pid, n = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     if n != len(cfg.tasks):
-        raise ValueError(f"the simulation has {n} nodes but the run config lists {len(cfg.tasks)} tasks; "
-                         f"set num-supernodes={len(cfg.tasks)} in the federation config")
+        raise ValueError(f"the simulation has {n} nodes but the run config lists {len(cfg.tasks)} tasks, and the "
+                         "server did not say which task to answer for (atmflow's ServerApp does)")
     return cfg.tasks[pid]
 
 
@@ -96,11 +106,11 @@ def node_path(context: Context) -> str:
     return "" if key is None else str(context.node_config[key]).strip()
 
 
-def _setup(context: Context) -> tuple[RunConfig, str, LocalTask]:
+def _setup(context: Context, msg: Message) -> tuple[RunConfig, str, LocalTask]:
     cfg = load_config(context.run_config)
     timestamped_logs()
     pin_threads(cfg.num_threads)  # torch and BLAS / OpenMP: the same model in process and under Ray
-    task = node_task(context, cfg)
+    task = node_task(context, cfg, msg)
     cfg = node_data(context, cfg, task)
     path = node_path(context)
     try:
@@ -131,7 +141,7 @@ def describe(msg: Message, context: Context) -> Message:
         return Message(content=protocol.describe_reply(foreign), reply_to=msg)
     if protocol.ARRAYS in msg.content.array_records:
         return evaluate_model(msg, context)
-    _, task, _ = _setup(context)
+    _, task, _ = _setup(context, msg)
     return Message(content=protocol.describe_reply(task), reply_to=msg)
 
 
@@ -146,7 +156,7 @@ def train(msg: Message, context: Context) -> Message:
     Under ``privacy = "secagg"`` the vector leaves the node only masked, inside a SecAgg+ round
     (:mod:`atmflow.privacy.secagg`); a plain train request is answered with the metrics only.
     """
-    cfg, task, local = _setup(context)
+    cfg, task, local = _setup(context, msg)
     received = protocol.requested_instructions(msg)
     instructions = dataclasses.replace(received, seed=task_seed(received.seed, task))
     progress = f"{protocol.requested_phase(msg) or 'fine-tuning'}, task {task}"
@@ -245,7 +255,7 @@ def _gradient_estimate(encoder: torch.nn.Module, local: LocalTask, instructions:
 def evaluate_model(msg: Message, context: Context) -> Message:
     """Accuracy and loss of the received weights with this task's frozen head on one split, and the task's
     official metric where it is not accuracy (GLUE CoLA, MRPC, QQP; see :mod:`atmflow.protocol`)."""
-    cfg, task, local = _setup(context)
+    cfg, task, local = _setup(context, msg)
     name = protocol.requested_split(msg)
     split = local.data.split(name)
     progress = f"{protocol.requested_phase(msg) or 'evaluation'}, task {task}, evaluation on {name}"

@@ -36,7 +36,9 @@ def to_unit_rgb(images: Any, size: int) -> torch.Tensor:
 
 def imagenet_preprocess(images: Any, size: int) -> torch.Tensor:
     """Images -> normalised ``[N, 3, size, size]`` float32 (ImageNet mean / std)."""
-    x = to_unit_rgb(images, size)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    return normalize(to_unit_rgb(images, size), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of a ``[N, 3, H, W]`` batch."""
+    return ((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)).contiguous()

@@ -83,7 +83,7 @@ class LoopbackDeployment:
 
     ``tls``: serve the SuperLink over TLS (certificates generated into ``workdir/certs``);
     ``auth``: SuperNode authentication (needs ``tls``); ``data_paths``: ``{task: folder}`` passed to
-    that task's node as ``data-path``.
+    that task's node as ``dataset-path``.
     """
 
     workdir: Path
@@ -195,7 +195,7 @@ class LoopbackDeployment:
         node = self.nodes.get(task) or Node(task, free_port(), self.workdir / f"supernode-{task}.log")
         if node.proc is not None and node.proc.poll() is None:
             raise RuntimeError(f"the SuperNode of task {task} is already running (pid {node.proc.pid})")
-        config = f"task='{task}'" + (f" data-path='{self.data_paths[task]}'" if task in self.data_paths else "")
+        config = f"task='{task}'" + (f" dataset-path='{self.data_paths[task]}'" if task in self.data_paths else "")
         cmd = [flwr_bin("flower-supernode"), *self._security(), "--superlink", f"127.0.0.1:{self.port}",
                "--port", str(node.port), "--node-config", config]
         if self.auth:

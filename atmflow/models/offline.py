@@ -11,6 +11,7 @@ at once, with atmflow's message naming the command that fetches it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def hub_offline() -> None:
@@ -19,3 +20,23 @@ def hub_offline() -> None:
     from huggingface_hub import constants
 
     constants.HF_HUB_OFFLINE = True
+
+
+def hub_cache(cache_dir: str) -> str:
+    """The Hugging Face hub cache folder that is searched: ``cache_dir`` (``hf-cache-dir``), or the default."""
+    from huggingface_hub import constants
+
+    return cache_dir or str(constants.HF_HUB_CACHE)
+
+
+def local_snapshot(hub_id: str, cache_dir: str) -> Path | None:
+    """The folder of ``hub_id``'s snapshot in the local Hugging Face cache, or None when it is not there
+    (never downloads)."""
+    hub_offline()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(hub_id, local_files_only=True, cache_dir=cache_dir or None))
+    except LocalEntryNotFoundError:
+        return None

@@ -19,6 +19,7 @@ clipping and their evaluation preprocessing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,13 +67,28 @@ FAMILIES: dict[str, FamilyEntry] = {
         "atmflow.models.clip:OpenCLIPFamily", "image", "ViT-B-16", "openai", ("zeroshot", "probe", "random"),
         "CLIP image encoders (open_clip) with frozen zero-shot heads, the papers' vision setting",
         finetune_recipe=TASK_VECTORS, atm_recipe=ATM_ROUNDS, train_transform=True),
+    "torchvision": FamilyEntry(
+        "atmflow.models.torchvision_family:TorchvisionFamily", "image", "resnet18", "DEFAULT", ("probe", "random"),
+        "any torchvision classification model, weights from a local file or the local torch cache"),
+    "hf-vision": FamilyEntry(
+        "atmflow.models.hf_image:HFVisionFamily", "image", "facebook/dinov2-small", "default", ("probe", "random"),
+        "transformers image encoders (ViT, DINOv2, CLIP / SigLIP vision towers) from a local folder or the HF cache"),
     "hf-text": FamilyEntry(
         "atmflow.models.text:HFTextFamily", "text", "minilm-l6", "default", ("probe", "random"),
         "transformers text encoders (MiniLM-L6, BERT-base, RoBERTa-base) with frozen heads, text tasks and GLUE"),
 }
 
 
+def closest(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to a misspelt ``name``, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def family_entry(name: str) -> FamilyEntry:
     if name not in FAMILIES:
-        raise ValueError(f"unknown model-family {name!r}; allowed: {', '.join(sorted(FAMILIES))}")
+        raise ValueError(f"unknown model-family {name!r}{closest(name, FAMILIES)}; "
+                         f"allowed: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[name]

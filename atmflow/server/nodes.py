@@ -2,7 +2,8 @@
 
 Flower's ``NodeInfo`` carries no node config, so the server asks: every connected node gets a
 ``query.describe`` message and answers with the task of its ``--node-config "task='...'"`` (in a
-simulation, the task its ``partition-id`` indexes). The mapping must be one node per configured
+simulation, the task its ``partition-id`` indexes, or, with more or fewer nodes than tasks, the task
+address it was asked for: :mod:`atmflow.server.routing`). The mapping must be one node per configured
 task: two nodes claiming one task, a configured task that no node holds, or a node holding a task
 the run does not list stop the run before any work, with a message saying what to start or stop.
 
@@ -29,33 +30,9 @@ from flwr.serverapp import Grid
 from atmflow import protocol
 from atmflow.rounds.exchange import collect_replies, evaluate_on_tasks, reply_node, task_messages, task_scores
 from atmflow.server.node_keys import HOW_TO_FIX, node_public_keys, refused_claims
+from atmflow.server.routing import is_simulation
 
 Claims = dict[str, list[int]]  # task -> the nodes that claim it
-
-SIMULATION_START_S = 10.0  # a simulation registers all its nodes at once, at most this long after the ServerApp starts
-
-
-def is_simulation(grid: Grid) -> bool:
-    """Flower's simulation runtime (``flwr run`` on a local simulation federation) hands the ServerApp an
-    ``InMemoryGrid``; a deployment hands it a grid backed by a SuperLink."""
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
-
-    return isinstance(grid, InMemoryGrid)
-
-
-def check_simulation_size(grid: Grid, tasks: tuple[str, ...]) -> None:
-    """In a simulation, fail at once (not after ``node-wait-s``) when it has fewer nodes than the run has tasks:
-    no node will join later, so waiting cannot help. Flower's default local federation has 2 nodes."""
-    deadline = time.monotonic() + SIMULATION_START_S
-    nodes = list(grid.get_node_ids())
-    while not nodes and time.monotonic() < deadline:  # the simulation registers its nodes just after starting us
-        time.sleep(0.2)
-        nodes = list(grid.get_node_ids())
-    if len(nodes) < len(tasks):
-        raise RuntimeError(
-            f"the simulation has {len(nodes)} SuperNode(s) but the run has {len(tasks)} tasks {list(tasks)} (one "
-            f"SuperNode per task). Run it with: flwr run . --federation-config \"num-supernodes={len(tasks)}\" "
-            f"(or set options.num-supernodes = {len(tasks)} in the federation's config)")
 
 
 def wait_for_nodes(grid: Grid, count: int, wait_s: float) -> list[int]:
@@ -134,11 +111,9 @@ def check_task_nodes(tasks: tuple[str, ...], claimed: Claims, failed: dict[int, 
 
 def _ask_nodes(grid: Grid, tasks: tuple[str, ...], wait_s: float, timeout: float, content: RecordDict,
                bound: Mapping[str, bytes] | None) -> tuple[list[Message], list[Message]]:
-    if is_simulation(grid):
-        if bound is not None:
-            raise RuntimeError("node-keys-file binds tasks to the public keys of a deployment's SuperNodes; the "
-                               "nodes of a simulation have none: leave node-keys-file empty in a simulation")
-        check_simulation_size(grid, tasks)
+    if bound is not None and is_simulation(grid):
+        raise RuntimeError("node-keys-file binds tasks to the public keys of a deployment's SuperNodes; the "
+                           "nodes of a simulation have none: leave node-keys-file empty in a simulation")
     nodes = wait_for_nodes(grid, len(tasks), wait_s)
     if len(nodes) < len(tasks):
         raise RuntimeError(f"{len(nodes)} node(s) connected after {wait_s:.0f} s, but the run has "

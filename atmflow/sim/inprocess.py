@@ -28,6 +28,8 @@ CLIENT_APP_EXCEPTION = 2  # the error code the Flower runtime uses for a ClientA
 class InProcessGrid(Grid):
     """Deliver every message by calling ``client_app`` in this process."""
 
+    simulation = True  # nodes hold partition ids, as in Flower's simulation (atmflow.server.routing.is_simulation)
+
     def __init__(self, client_app: ClientApp, run_config: Mapping[str, Any], num_nodes: int) -> None:
         self.client_app = client_app
         self._run = Run.create_empty(run_id=1)

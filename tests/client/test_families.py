@@ -48,7 +48,8 @@ def test_default_family_is_the_embedded_mobilenet() -> None:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"model-family": "resnet"}, "unknown model-family 'resnet'; allowed: hf-text, mobilenet-v2, open_clip"),
+        ({"model-family": "resnet"},
+         "unknown model-family 'resnet'; allowed: hf-text, hf-vision, mobilenet-v2, open_clip, torchvision"),
         ({"head": "zeroshot"}, "head='zeroshot' is not available for model-family 'mobilenet-v2'"),
         ({"train-size": 5}, "train-size: must be 0 (all examples) or at least 10 (got 5)"),
         ({"data-sources": "mnist"}, "data-sources entry 'mnist' is not 'task=location'"),

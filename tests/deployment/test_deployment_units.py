@@ -5,7 +5,6 @@ certificates script."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -193,25 +192,6 @@ def test_a_node_holding_a_task_the_run_does_not_list_stops_the_handshake(tiny: d
                                   "pretrained evaluation", "fail")
         else:
             discover_task_nodes(grid, cfg.tasks, 1.0, 60.0)
-
-
-def test_a_too_small_simulation_fails_at_once_naming_the_federation_config() -> None:
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
-
-    from atmflow.server.nodes import discover_task_nodes
-
-    class TwoNodeSimulation(InMemoryGrid):
-        def __init__(self) -> None:  # Flower's default local federation: 2 simulated SuperNodes
-            pass
-
-        def get_node_ids(self) -> list[int]:
-            return [1, 2]
-
-    start = time.monotonic()
-    with pytest.raises(RuntimeError, match=r'has 2 SuperNode\(s\) but the run has 4 tasks.*'
-                                           r'flwr run \. --federation-config "num-supernodes=4"'):
-        discover_task_nodes(TwoNodeSimulation(), ("a", "b", "c", "d"), wait_s=120.0, timeout=60.0)
-    assert time.monotonic() - start < 5
 
 
 def test_a_run_the_superlink_no_longer_knows_is_reported_with_what_to_do(tmp_path: Path,

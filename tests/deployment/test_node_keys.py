@@ -50,7 +50,10 @@ def keys_file(tmp_path: Path) -> Path:
 
 
 class KeyedGrid(InProcessGrid):
-    """The in-process grid whose nodes hold a task (``--node-config``) and a public key each."""
+    """The in-process grid whose nodes hold a task (``--node-config``) and a public key each: it stands for a
+    deployment's grid."""
+
+    simulation = False
 
     def __init__(self, run_config: dict[str, Any], nodes: list[tuple[str, str | None]]) -> None:
         super().__init__(client_app, run_config, len(nodes))
