@@ -31,6 +31,7 @@ from atmflow.data.tasks import VAL_MAX, own_task_specs, parse_data_sources, task
 from atmflow.data.text_tasks import TEXT_SMALL
 from atmflow.merging.registry import METHODS, config_params, get_rule, make_rule, rule_params, unknown_method_message
 from atmflow.models.registry import family_entry
+from atmflow.privacy.budget import check_privacy_settings
 
 
 def _kebab(name: str) -> str:
@@ -172,6 +173,14 @@ class RunConfig(BaseModel):
     hf_cache_dir: str = setting("", client=True)  # Hugging Face cache for weights and data sets ("" = HF_HOME default)
     # own task definitions (TOML, atmflow.data.own_tasks); relative: to the current folder (docs/data.md)
     task_file: str = setting("", client=True)
+
+    # Privacy (atmflow.privacy, docs/privacy.md): "dp" = DP-SGD on every client within (dp-epsilon, dp-delta)
+    # (dp-delta 0: 1 / the client's training examples), or with dp-noise-multiplier given instead
+    privacy: Literal["none", "secagg", "dp", "secagg+dp"] = setting("none", client=True)
+    dp_epsilon: float = setting(0.0, ge=0, client=True)
+    dp_delta: float = setting(0.0, ge=0, lt=1, client=True)
+    dp_noise_multiplier: float = setting(0.0, ge=0, client=True)
+    dp_max_grad_norm: float = setting(1.0, gt=0, client=True)
 
     # Orchestration
     round_timeout: float = setting(3600.0, gt=0, outcome=False, resumable=True)
@@ -327,6 +336,7 @@ class RunConfig(BaseModel):
                              f"{self.model_family!r} needs")
         if self.amp == "bf16" and self.precision != "float32":
             raise ValueError("amp='bf16' (autocast) needs precision='float32' weights")
+        check_privacy_settings(self)
         return self
 
     @property

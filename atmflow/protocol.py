@@ -8,9 +8,9 @@ describe   (query) nothing; or, as ``evaluate``, weights  ``task``: the task thi
 train      ``arrays``: base weights; ``config``: epochs,   ``arrays``: task vector (fine-tuned tensors
            optimizer, lr, weight-decay, batch-size,        only), encoded by :mod:`atmflow.transport`
            full-batch, seed, evaluate-finetuned, split,    as ``transport``'s spec says (sparse tensors
-           tatr-exemplars                                  as indices + values); ``metrics``: train-loss,
+           tatr-exemplars, dp-epochs-before                as indices + values); ``metrics``: train-loss,
                                                            num-examples, steps, wall-s [, finetuned-
-                                                           accuracy/-loss, talos-*]; ``grads`` (if
+                                                           accuracy/-loss, talos-*, dp-*]; ``grads`` (if
                                                            tatr-exemplars > 0): E|grad L| at the
                                                            received base (paper 003, Eq. 6)
 evaluate   ``arrays``: weights; ``config``: split          ``metrics``: accuracy, loss, num-examples
@@ -58,6 +58,12 @@ FINETUNED_SCORES = (FINETUNED_ACCURACY, FINETUNED_LOSS)  # what a train reply mu
 CACHE_HIT = "cache-hit"
 TALOS_CALIBRATION_S = "talos-calibration-s"
 TALOS_KEPT_FRACTION = "talos-kept-fraction"
+# privacy = "dp" (atmflow.privacy.budget): every train reply carries the epsilon the client has spent in the run
+# after this fine-tuning, at its delta, with its noise multiplier
+DP_EPSILON = "dp-epsilon"
+DP_DELTA = "dp-delta"
+DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
+DP_METRICS = (DP_EPSILON, DP_DELTA, DP_NOISE_MULTIPLIER)
 SPLIT = "split"  # config key of an evaluate message
 PHASE = "phase"  # config record of every request: what the server is doing ("round 2 train", ...), for client logs
 SPEC = "spec"  # key of the transport config record
@@ -83,13 +89,14 @@ class TrainInstructions:
     evaluate_finetuned: bool = False
     split: str = "train"  # PH-ATM fine-tunes on "validation"
     tatr_exemplars: int = 0  # > 0: also send E|grad L_t| over this many training examples
+    dp_epochs_before: int = 0  # privacy = "dp": epochs of DP-SGD the plan had this client do earlier in the run
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({
             "epochs": self.epochs, "optimizer": self.optimizer, "lr": self.lr,
             "weight-decay": self.weight_decay, "batch-size": self.batch_size,
             "full-batch": self.full_batch, "seed": self.seed, "evaluate-finetuned": self.evaluate_finetuned,
-            "split": self.split, "tatr-exemplars": self.tatr_exemplars,
+            "split": self.split, "tatr-exemplars": self.tatr_exemplars, "dp-epochs-before": self.dp_epochs_before,
         })
 
     @classmethod
@@ -99,7 +106,7 @@ class TrainInstructions:
             weight_decay=float(record["weight-decay"]), batch_size=int(record["batch-size"]),
             full_batch=bool(record["full-batch"]), seed=int(record["seed"]),
             evaluate_finetuned=bool(record["evaluate-finetuned"]), split=str(record["split"]),
-            tatr_exemplars=int(record["tatr-exemplars"]),
+            tatr_exemplars=int(record["tatr-exemplars"]), dp_epochs_before=int(record["dp-epochs-before"]),
         )
 
 

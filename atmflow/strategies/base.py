@@ -97,9 +97,8 @@ class TaskVectorStrategy(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = self.absolute_round(server_round)
-        asked = protocol.FINETUNED_SCORES if self.plan.instructions.evaluate_finetuned else ()
         collected = collect_replies(replies, self.node_tasks, f"round {round_} train", self._sent, MessageType.TRAIN,
-                                    asked)
+                                    self.plan.required)
         inputs = RoundInputs(round_, {}, {}, {})
         sizes: dict[str, int] = {}
         train: dict[str, dict[str, float]] = {}
