@@ -179,3 +179,12 @@ def test_dp_pa_atm_end_to_end(tiny: dict[str, Any]) -> None:
     final, start = load_file(str(folder / "final_encoder.safetensors")), pretrained_encoder().state_dict()
     assert torch.equal(final["features.1.conv.0.1.weight"], start["features.1.conv.0.1.weight"])  # BatchNorm frozen
     assert not torch.equal(final["features.1.conv.0.0.weight"], start["features.1.conv.0.0.weight"])
+
+
+def test_the_server_checks_the_privacy_metrics() -> None:
+    from atmflow.rounds.exchange import metric_problem
+
+    assert metric_problem(protocol.DP_EPSILON, 3.2) is None and metric_problem(protocol.DP_EPSILON, 0.0) is None
+    assert "not finite and >= 0" in str(metric_problem(protocol.DP_EPSILON, -1.0))
+    assert "not finite and >= 0" in str(metric_problem(protocol.DP_NOISE_MULTIPLIER, math.inf))
+    assert "not in [0, 1]" in str(metric_problem(protocol.DP_DELTA, 1.5))
