@@ -13,6 +13,9 @@ fine-tunes ``rounds x epochs-per-round`` epochs, composed over all rounds, plus 
 individual upper bound when ``individual = true`` (its task vector and scores leave the client too). With
 ``dp-epsilon`` the noise multiplier is calibrated once, for the whole plan (Opacus's
 ``get_noise_multiplier``); with ``dp-noise-multiplier`` it is given and epsilon follows.
+
+:func:`check_privacy_settings` is the run config's check of these keys; Opacus is imported only inside the
+functions that compute, so that validating a config stays fast.
 """
 
 from __future__ import annotations
@@ -80,7 +83,9 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
     accountant.history = [(noise_multiplier, sample_rate, steps)]
     with warnings.catch_warnings():  # at huge noise the best Renyi order is Opacus's largest: a looser bound
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return float(accountant.get_epsilon(delta=delta))
+        # Opacus's RDP-to-DP conversion (Balle et al. 2020) can fall below 0 at huge noise; (eps, delta)-DP for a
+        # negative eps implies (0, delta)-DP
+        return max(0.0, float(accountant.get_epsilon(delta=delta)))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -105,7 +110,11 @@ def client_budget(cfg: Any, num_examples: int) -> DPBudget:
 @lru_cache(maxsize=64)
 def calibrate(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     """The smallest noise multiplier (within Opacus's 0.01 tolerance on epsilon) whose ``steps`` steps at
-    rate ``sample_rate`` spend at most ``target_epsilon`` (Opacus's ``get_noise_multiplier``, RDP)."""
+    rate ``sample_rate`` spend at most ``target_epsilon`` (Opacus's ``get_noise_multiplier``, RDP).
+
+    Refused when even noise multiplier :data:`MAX_NOISE_MULTIPLIER` spends more: the RDP accountant's bound
+    has a floor, ``log(1/delta) / (alpha_max - 1)`` with Opacus's largest Renyi order ``alpha_max = 63``,
+    which a small delta raises above a small epsilon."""
     from opacus.accountants.utils import get_noise_multiplier
 
     floor = epsilon(MAX_NOISE_MULTIPLIER, sample_rate, steps, delta)
@@ -113,8 +122,9 @@ def calibrate(target_epsilon: float, delta: float, sample_rate: float, steps: in
         raise PrivacyBudgetError(
             f"dp-epsilon={target_epsilon:g} cannot be met: {steps} DP-SGD steps at sampling rate {sample_rate:.4g} "
             f"(delta={delta:.3g}) spend at least epsilon={floor:.3g} even with noise multiplier "
-            f"{MAX_NOISE_MULTIPLIER:g}. Set dp-epsilon above {floor:.3g}, or take fewer steps (fewer rounds, "
-            "epochs-per-round or budget-epochs, individual=false, a larger batch-size), or a larger dp-delta")
+            f"{MAX_NOISE_MULTIPLIER:g} (the RDP accountant's floor, about log(1/delta) / 62). Set dp-epsilon above "
+            f"{floor:.3g} or a larger dp-delta; fewer steps (fewer rounds, epochs-per-round or budget-epochs, "
+            "individual=false, a larger batch-size) lower the floor a little")
     return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
                                       steps=steps, accountant="rdp"))
 

@@ -154,8 +154,8 @@ def test_unmeetable_budget_refuses_before_any_training(tiny: dict[str, Any], mon
     trained: list[str] = []
     monkeypatch.setattr(client_module, "dp_fine_tune", lambda *a, **k: trained.append("dp"))
     monkeypatch.setattr(client_module, "fine_tune", lambda *a, **k: trained.append("plain"))
-    with pytest.raises(TaskFailureError, match=r"dp-epsilon=0.001 cannot be met.*Set dp-epsilon above"):
-        run_inprocess({**tiny, "run-name": "unmeetable", "privacy": "dp", "dp-epsilon": 0.001})
+    with pytest.raises(TaskFailureError, match=r"dp-epsilon=0.01 cannot be met.*Set dp-epsilon above"):
+        run_inprocess({**tiny, "run-name": "unmeetable", "privacy": "dp", "dp-epsilon": 0.01, "dp-delta": 1e-9})
     assert trained == []
     assert not (Path(tiny["output-dir"]) / "unmeetable" / "results.json").exists()
 
