@@ -22,7 +22,6 @@ from atmflow.client.privacy import spend
 from atmflow.config import ConfigError, load_config
 from atmflow.models.mobilenet import pretrained_encoder
 from atmflow.privacy.budget import DPBudget, PrivacyBudgetError, client_budget, planned_epochs
-from atmflow.rounds.exchange import TaskFailureError
 from atmflow.sim.local import run_inprocess
 from atmflow.strategies.plan import RunPlan, individual_instructions
 
@@ -154,7 +153,7 @@ def test_unmeetable_budget_refuses_before_any_training(tiny: dict[str, Any], mon
     trained: list[str] = []
     monkeypatch.setattr(client_module, "dp_fine_tune", lambda *a, **k: trained.append("dp"))
     monkeypatch.setattr(client_module, "fine_tune", lambda *a, **k: trained.append("plain"))
-    with pytest.raises(TaskFailureError, match=r"dp-epsilon=0.01 cannot be met.*Set dp-epsilon above"):
+    with pytest.raises(RuntimeError, match=r"handshake: .*dp-epsilon=0.01 cannot be met.*Set dp-epsilon above"):
         run_inprocess({**tiny, "run-name": "unmeetable", "privacy": "dp", "dp-epsilon": 0.01, "dp-delta": 1e-9})
     assert trained == []
     assert not (Path(tiny["output-dir"]) / "unmeetable" / "results.json").exists()
