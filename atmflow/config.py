@@ -31,7 +31,8 @@ from atmflow.data.tasks import VAL_MAX, own_task_specs, parse_data_sources, task
 from atmflow.data.text_tasks import TEXT_SMALL
 from atmflow.merging.registry import METHODS, config_params, get_rule, make_rule, rule_params, unknown_method_message
 from atmflow.models.registry import Recipe, family_entry
-from atmflow.privacy.scope import secagg_problem
+from atmflow.privacy.budget import check_privacy_settings
+from atmflow.privacy.scope import secagg_problem, uses_secagg
 
 
 def _kebab(name: str) -> str:
@@ -141,9 +142,14 @@ class RunConfig(BaseModel):
     tatr_exemplars: int = Field(128, ge=0)  # 0: zero-shot TATR (|tau| as the gradient estimate); else >= 16
     aggregation: Literal["uniform", "examples"] = "uniform"
 
-    # Privacy (docs/privacy.md): "secagg" = SecAgg+ secure aggregation, the server learns only the sum of a
-    # round's task vectors; "dp" / "secagg+dp" = differential privacy (not in this build)
-    privacy: Literal["none", "secagg", "dp", "secagg+dp"] = "none"
+    # Privacy (atmflow.privacy, docs/privacy.md): "secagg" = SecAgg+ secure aggregation, the server learns only
+    # the sum of a round's task vectors; "dp" = DP-SGD on every client within (dp-epsilon, dp-delta) (dp-delta
+    # 0: 1 / the client's training examples), or with dp-noise-multiplier given instead; "secagg+dp" = both
+    privacy: Literal["none", "secagg", "dp", "secagg+dp"] = setting("none", client=True)
+    dp_epsilon: float = setting(0.0, ge=0, client=True)
+    dp_delta: float = setting(0.0, ge=0, lt=1, client=True)
+    dp_noise_multiplier: float = setting(0.0, ge=0, client=True)
+    dp_max_grad_norm: float = setting(1.0, gt=0, client=True)
     # SecAgg+: each task-vector entry must lie in [-c, c] (c = secagg-clipping-range; a node whose vector does
     # not fails with a clear error) and is quantized to secagg-quantization-range levels over [-c, c]; a lost
     # node is reconstructed when at least secagg-threshold of the shares answer (atmflow.privacy.secagg)
@@ -383,11 +389,10 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_privacy(self) -> RunConfig:
-        """``privacy``: what this build offers, and the merges that can run on a sum (atmflow.privacy.secagg)."""
-        if self.privacy in ("dp", "secagg+dp"):
-            raise ValueError(f"privacy={self.privacy!r}: differential privacy is not available in this build; "
-                             "use privacy='secagg' or 'none'")
-        if self.privacy == "secagg":
+        """``privacy``: the DP keys and the runs DP-SGD can account for (atmflow.privacy.budget), and under
+        secure aggregation the merges that can run on a sum (atmflow.privacy.scope)."""
+        check_privacy_settings(self)
+        if uses_secagg(self.privacy):
             problem = secagg_problem(self.merge_method, self.aggregation, len(self.tasks),
                                      self.secagg_quantization_range)
             if problem is not None:

@@ -9,10 +9,10 @@ train      ``arrays``: base weights; ``config``: epochs,   ``arrays``: task vect
            optimizer, lr, weight-decay, batch-size,        only), encoded by :mod:`atmflow.transport`
            full-batch, seed, evaluate-finetuned, split,    as ``transport``'s spec says (sparse tensors
            tatr-exemplars, lr-schedule, warmup-steps,      as indices + values); ``metrics``: train-loss,
-           grad-clip
+           grad-clip, dp-epochs-before
                                                            num-examples, steps, wall-s [, finetuned-
                                                            accuracy/-loss/-validation-accuracy,
-                                                           talos-*]; ``grads`` (if
+                                                           talos-*, dp-*]; ``grads`` (if
                                                            tatr-exemplars > 0): E|grad L| at the
                                                            received base (paper 003, Eq. 6)
 evaluate   ``arrays``: weights; ``config``: split          ``metrics``: accuracy, loss, num-examples
@@ -72,6 +72,12 @@ FINETUNED_SCORES = (FINETUNED_ACCURACY, FINETUNED_LOSS, FINETUNED_VALIDATION_ACC
 CACHE_HIT = "cache-hit"
 TALOS_CALIBRATION_S = "talos-calibration-s"
 TALOS_KEPT_FRACTION = "talos-kept-fraction"
+# privacy = "dp" (atmflow.privacy.budget): every train reply carries the epsilon the client has spent in the run
+# after this fine-tuning, at its delta, with its noise multiplier
+DP_EPSILON = "dp-epsilon"
+DP_DELTA = "dp-delta"
+DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
+DP_METRICS = (DP_EPSILON, DP_DELTA, DP_NOISE_MULTIPLIER)
 SPLIT = "split"  # config key of an evaluate message
 PHASE = "phase"  # config record of every request: what the server is doing ("round 2 train", ...), for client logs
 SPEC = "spec"  # key of the transport config record
@@ -101,6 +107,7 @@ class TrainInstructions:
     lr_schedule: str = "constant"  # or "cosine" (atmflow.client.training.learning_rate)
     warmup_steps: int = 0  # cosine: linear warm-up steps
     grad_clip: float = 0.0  # max gradient norm per step; 0 = no clipping
+    dp_epochs_before: int = 0  # privacy = "dp": epochs of DP-SGD the plan had this client do earlier in the run
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({
@@ -109,6 +116,7 @@ class TrainInstructions:
             "full-batch": self.full_batch, "seed": self.seed, "evaluate-finetuned": self.evaluate_finetuned,
             "split": self.split, "tatr-exemplars": self.tatr_exemplars, "lr-schedule": self.lr_schedule,
             "warmup-steps": self.warmup_steps, "grad-clip": self.grad_clip,
+            "dp-epochs-before": self.dp_epochs_before,
         })
 
     @classmethod
@@ -120,6 +128,7 @@ class TrainInstructions:
             evaluate_finetuned=bool(record["evaluate-finetuned"]), split=str(record["split"]),
             tatr_exemplars=int(record["tatr-exemplars"]), lr_schedule=str(record["lr-schedule"]),
             warmup_steps=int(record["warmup-steps"]), grad_clip=float(record["grad-clip"]),
+            dp_epochs_before=int(record["dp-epochs-before"]),
         )
 
 

@@ -23,8 +23,10 @@ from flwr.common.logger import log
 
 from atmflow import protocol, transport
 from atmflow.client import cache
+from atmflow.client.dp_training import dp_fine_tune
 from atmflow.client.evaluation import evaluate_task, official_metric_names
 from atmflow.client.gradients import mean_abs_gradient
+from atmflow.client.privacy import dp_metrics, node_budget, spend
 from atmflow.client.talos import calibrate_mask, mask_fraction
 from atmflow.client.task import LocalTask, local_task, task_seed
 from atmflow.client.training import fine_tune
@@ -114,13 +116,15 @@ def _setup(context: Context, msg: Message) -> tuple[RunConfig, str, LocalTask]:
     cfg = node_data(context, cfg, task)
     path = node_path(context)
     try:
-        return cfg, task, local_task(task, cfg)
+        local = local_task(task, cfg)
     except Exception as err:
         if not path or path not in str(err):
             raise
         log(ERROR, "task %r: %s", task, err)  # the full message, with the path, in this node's log only
         raise NodeDataError(str(err).replace(path, "<this node's dataset-path>") + " (the full message with the "
                             "path is in this SuperNode's log)") from None
+    node_budget(cfg, local.data.train)  # privacy = "dp": a budget that cannot be met fails the handshake
+    return cfg, task, local
 
 
 def _encoder(msg: Message, cfg: RunConfig) -> torch.nn.Module:
@@ -155,11 +159,15 @@ def train(msg: Message, context: Context) -> Message:
     With ``cache-dir`` set, an earlier identical fine-tuning is reused (see :mod:`atmflow.client.cache`).
     Under ``privacy = "secagg"`` the vector leaves the node only masked, inside a SecAgg+ round
     (:mod:`atmflow.privacy.secagg`); a plain train request is answered with the metrics only.
+    With ``privacy = "dp"`` the fine-tuning is DP-SGD (:mod:`atmflow.client.dp_training`), booked in the node's
+    privacy ledger before it starts, and the reply carries the epsilon spent (:mod:`atmflow.client.privacy`).
     """
     cfg, task, local = _setup(context, msg)
     received = protocol.requested_instructions(msg)
     instructions = dataclasses.replace(received, seed=task_seed(received.seed, task))
     progress = f"{protocol.requested_phase(msg) or 'fine-tuning'}, task {task}"
+    budget = node_budget(cfg, local.data.train)
+    spent = spend(context, budget, instructions, task) if budget is not None else 0
     encoder = _encoder(msg, cfg)
     base = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
     key = cache.cache_key(base, instructions, task, cfg) if cfg.cache_dir else ""
@@ -169,7 +177,8 @@ def train(msg: Message, context: Context) -> Message:
         mask, talos_metrics = _talos_mask(encoder, local, instructions, cfg, progress)
         with local.autocast():
             split = local.data.split(instructions.split)
-            stats = fine_tune(encoder, local.head, split, instructions, local.device, mask, progress)
+            stats = (fine_tune(encoder, local.head, split, instructions, local.device, mask, progress) if budget is None
+                     else dp_fine_tune(encoder, local.head, split, instructions, local.device, budget, progress))
         metrics = {protocol.TRAIN_LOSS: stats.loss, protocol.NUM_EXAMPLES: float(stats.examples),
                    protocol.STEPS: float(stats.steps), protocol.WALL_S: stats.seconds, **talos_metrics}
         tau = task_vector({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, base,
@@ -182,6 +191,8 @@ def train(msg: Message, context: Context) -> Message:
     if key and (cached is None or completed):
         cache.store(cfg.cache_dir, key, tau, metrics)
     metrics[protocol.CACHE_HIT] = float(cached is not None)
+    if budget is not None:
+        metrics.update(dp_metrics(budget, spent))
     if secagg.is_secure_request(msg):  # Flower's SecAgg+ mod masks the vector and removes it from the reply
         content = secagg.masked_train_reply(protocol.train_metrics_reply(task, metrics), tau,
                                             cfg.secagg_clipping_range)

@@ -10,7 +10,9 @@ Nothing a client sends is trusted. A reply is invalid when
   bound to the node: a node cannot deliver, or overwrite, another task's update);
 * a metric the server asked for is missing, not a number, or out of range (:data:`METRIC_RULES`:
   ``num-examples`` a finite count > 0, since ``aggregation = "examples"`` weighs task vectors by
-  ``n_t / sum_s n_s``; ``accuracy`` and F1 in [0, 1]; Matthews correlation in [-1, 1]; losses finite);
+  ``n_t / sum_s n_s``; ``accuracy``, F1 and ``dp-delta`` in [0, 1]; Matthews correlation in [-1, 1];
+  losses finite; ``dp-epsilon`` and ``dp-noise-multiplier`` finite and >= 0, and required when
+  ``privacy = "dp"``);
   any other metric it sends must be finite;
 * its arrays do not fit the model (:func:`check_arrays`), or its transport spec announces tensors other
   than the model's (checked before anything is allocated, :func:`atmflow.transport.decode`).
@@ -36,6 +38,7 @@ from atmflow.rounds.records import Scores
 
 # The metrics each kind of reply must carry, and the range of every metric the server reads: key -> kind.
 COUNT, FINITE, FRACTION, CORRELATION = "a finite count > 0", "finite", "in [0, 1]", "in [-1, 1]"
+NONNEGATIVE = "finite and >= 0"
 REQUIRED_METRICS = {
     MessageType.TRAIN: (protocol.NUM_EXAMPLES, protocol.TRAIN_LOSS),
     MessageType.EVALUATE: (protocol.ACCURACY, protocol.LOSS, protocol.NUM_EXAMPLES),
@@ -46,8 +49,10 @@ METRIC_RULES = {
     protocol.FINETUNED_LOSS: FINITE, protocol.FINETUNED_VALIDATION_ACCURACY: FRACTION,
     protocol.FINETUNED + protocol.F1: FRACTION,
     protocol.FINETUNED + protocol.MATTHEWS: CORRELATION,
+    protocol.DP_EPSILON: NONNEGATIVE, protocol.DP_DELTA: FRACTION, protocol.DP_NOISE_MULTIPLIER: NONNEGATIVE,
 }
-RANGES = {COUNT: (0.0, math.inf), FINITE: (-math.inf, math.inf), FRACTION: (0.0, 1.0), CORRELATION: (-1.0, 1.0)}
+RANGES = {COUNT: (0.0, math.inf), FINITE: (-math.inf, math.inf), FRACTION: (0.0, 1.0), CORRELATION: (-1.0, 1.0),
+          NONNEGATIVE: (0.0, math.inf)}
 
 
 class NonFiniteModelError(ValueError):

@@ -38,16 +38,18 @@ from atmflow.server.nodes import discover_and_evaluate, discover_task_nodes
 from atmflow.server.provenance import provenance
 from atmflow.server.results import RunResults
 from atmflow.strategies import RunPlan, build_strategy
-from atmflow.strategies.plan import individual_instructions
+from atmflow.strategies.plan import individual_instructions, required_train_metrics
 from atmflow.threads import pin_threads
 
 
 def finetuned_scores(train_metrics: dict[str, dict[str, float]]) -> Scores:
     """The fine-tuned models' test scores the train replies carry (``finetuned-accuracy``, ``finetuned-loss``
-    and, where sent, ``finetuned-<official metric>``), as ``{task: {accuracy, loss[, official metric]}}``."""
+    and, where sent, ``finetuned-<official metric>``), as ``{task: {accuracy, loss[, official metric]}}``;
+    under ``privacy = "dp"`` also the epsilon the client had spent once it had fine-tuned that model."""
     def scores(m: dict[str, float]) -> dict[str, float]:
         official = {k: m[protocol.FINETUNED + k] for k in protocol.OFFICIAL_METRICS if protocol.FINETUNED + k in m}
-        return {"accuracy": m[protocol.FINETUNED_ACCURACY], "loss": m[protocol.FINETUNED_LOSS], **official}
+        spent = {protocol.DP_EPSILON: m[protocol.DP_EPSILON]} if protocol.DP_EPSILON in m else {}
+        return {"accuracy": m[protocol.FINETUNED_ACCURACY], "loss": m[protocol.FINETUNED_LOSS], **official, **spent}
 
     return {t: scores(m) for t, m in sorted(train_metrics.items())}
 
@@ -63,7 +65,7 @@ def individual_scores(grid: Grid, cfg: RunConfig, node_tasks: dict[int, str], pr
     replies = send_to_tasks(grid, node_tasks, MessageType.TRAIN,
                             lambda _: protocol.train_request(pretrained, instructions),
                             cfg.round_timeout, "individual fine-tuning",
-                            required=protocol.FINETUNED_SCORES).enforce(cfg.on_missing_task)
+                            required=required_train_metrics(cfg, True)).enforce(cfg.on_missing_task)
     return finetuned_scores({t: dict(r.content.metric_records[protocol.METRICS]) for t, r in replies.valid.items()})
 
 

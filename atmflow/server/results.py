@@ -13,6 +13,7 @@ from typing import Any
 from atmflow.data.glue import GLUE_TASKS
 from atmflow.files import atomic_write_text
 from atmflow.privacy.scope import SECURE_MODES
+from atmflow.protocol import DP_DELTA, DP_EPSILON, DP_NOISE_MULTIPLIER
 from atmflow.rounds.records import RoundRecord, Scores, avg_accuracy, normalized_accuracy
 from atmflow.server.provenance import header_lines
 
@@ -80,6 +81,7 @@ class RunResults:
             "init": None if self.init is None else asdict(self.init),
             "rounds": rounds,
             "final": self.final(),
+            "dp_epsilon": self.epsilon_spent(),
             "wall_s": self.wall_s,
             "provenance": self.provenance,
         }
@@ -105,6 +107,30 @@ class RunResults:
     def row_name(self, record: RoundRecord) -> str:
         """A one-shot method's single round is named by the method (``TA``), an iterative round by its number."""
         return self.label if self.strategy == "oneshot" and len(self.rounds) == 1 else f"round {record.round}"
+
+    def epsilon_spent(self) -> dict[str, dict[str, float]]:
+        """Under ``privacy = "dp"``: ``{row: {task: epsilon}}``, the epsilon each task's client had spent in the
+        run after each round (rows named as in the report) and after its individual fine-tuning; {} without DP."""
+        rows = {self.row_name(r): {t: m[DP_EPSILON] for t, m in r.train.items() if DP_EPSILON in m}
+                for r in self.rounds}
+        if self.individual:
+            rows["individual"] = {t: s[DP_EPSILON] for t, s in self.individual.items() if DP_EPSILON in s}
+        return rows if any(rows.values()) else {}
+
+    def privacy_table(self) -> list[str]:
+        """:meth:`epsilon_spent` as Markdown lines, with each task's delta and noise multiplier; none without DP."""
+        spent = self.epsilon_spent()
+        if not spent:
+            return []
+        tasks = list(self.pretrained)
+        lines = ["| after | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+        lines += [f"| {name} | " + " | ".join(f"{eps[t]:.2f}" if t in eps else "-" for t in tasks) + " |"
+                  for name, eps in spent.items()]
+        setting = "; ".join(f"{t}: delta {m[DP_DELTA]:.2g}, noise multiplier {m[DP_NOISE_MULTIPLIER]:.3f}"
+                            for t, m in sorted(self.rounds[0].train.items()) if DP_DELTA in m)
+        return ["", f"Differential privacy (DP-SGD, clipping norm {self.config.get('dp-max-grad-norm')}): epsilon "
+                    f"spent by each task's client in the whole run so far ({setting}). See docs/privacy.md.",
+                "", *lines]
 
     def individual_note(self) -> list[str]:
         """What the individual models are, and whether they bound the merged ones here."""
@@ -167,6 +193,7 @@ class RunResults:
             + (f", normalized accuracy **{final['normalized_accuracy']:.3f}**." if "normalized_accuracy" in final
                else "."),
             *self.individual_note(),
+            *self.privacy_table(),
             *official_metric_table(tasks, rows),
             *(["", f"Tasks skipped in some round: {skipped}."] if skipped else []),
             "",

@@ -104,14 +104,10 @@ class TaskVectorStrategy(Strategy):
 
         if self.plan.secure is not None:
             self._secure = secure_train_exchange(grid, self.node_tasks, request, self.expected, self.plan.secure,
-                                                 self.plan.round_timeout, phase, self._asked())
+                                                 self.plan.round_timeout, phase, self.plan.required)
             return []
         self._sent = task_messages(self.node_tasks, MessageType.TRAIN, request)
         return self._sent
-
-    def _asked(self) -> tuple[str, ...]:
-        """The metrics a train reply must carry beyond the train metrics (the fine-tuned model's scores)."""
-        return protocol.FINETUNED_SCORES if self.plan.instructions.evaluate_finetuned else ()
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -142,7 +138,7 @@ class TaskVectorStrategy(Strategy):
         """The valid replies of a plain round with their task vectors (and gradient estimates), and the bytes of
         each task's arrays."""
         collected = collect_replies(replies, self.node_tasks, f"round {round_} train", self._sent, MessageType.TRAIN,
-                                    self._asked())
+                                    self.plan.required)
         inputs = RoundInputs(round_, {}, {}, {})
         sizes: dict[str, int] = {}
         for task, reply in sorted(collected.valid.items()):

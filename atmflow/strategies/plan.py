@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from atmflow.config import RunConfig, coefficient_grid
 from atmflow.merging.registry import rule_params
+from atmflow.privacy.budget import epochs_before_individual, uses_dp
 from atmflow.privacy.scope import uses_secagg
 from atmflow.privacy.secagg import SecAggSettings
-from atmflow.protocol import TrainInstructions
+from atmflow.protocol import DP_METRICS, FINETUNED_SCORES, TrainInstructions
 from atmflow.strategies.merge_step import MergeStep
 
 
@@ -40,9 +41,17 @@ def train_instructions(cfg: RunConfig, *, epochs: int, split: str = "train", eva
 
 def individual_instructions(cfg: RunConfig, *, evaluate: bool = True) -> TrainInstructions:
     """Each task's own model: the pretrained encoder fine-tuned for ``budget-epochs`` with the data order of a
-    one-shot round 1 (so that a one-shot run's fine-tuning, cached, serves as the individual models)."""
+    one-shot round 1 (so that a one-shot run's fine-tuning, cached, serves as the individual models). Under
+    ``privacy = "dp"`` it comes after every ATM round in the client's privacy budget."""
+    before = epochs_before_individual(cfg) if uses_dp(cfg) and cfg.strategy != "oneshot" else 0
     return dataclasses.replace(train_instructions(cfg, epochs=cfg.budget_epochs, evaluate_finetuned=evaluate),
-                               seed=round_seed(cfg.seed, 1))
+                               seed=round_seed(cfg.seed, 1), dp_epochs_before=before)
+
+
+def required_train_metrics(cfg: RunConfig, evaluate_finetuned: bool) -> tuple[str, ...]:
+    """The metrics a train reply must carry beyond num-examples and train-loss: the fine-tuned model's test
+    scores when asked for, and the privacy accounting under ``privacy = "dp"``."""
+    return (*(FINETUNED_SCORES if evaluate_finetuned else ()), *(DP_METRICS if uses_dp(cfg) else ()))
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class RunPlan:
     policy: str
     lambda_selection: str = "normalized"
     secure: SecAggSettings | None = None
+    required: tuple[str, ...] = ()  # train-reply metrics beyond num-examples and train-loss
+    dp_epochs_per_round: int = 0  # privacy = "dp": DP-SGD epochs a client adds to its budget each round
 
     @classmethod
     def from_config(cls, cfg: RunConfig, *, method: str | None = None, oneshot: bool | None = None) -> RunPlan:
@@ -81,14 +92,17 @@ class RunPlan:
         if oneshot:
             grid = coefficient_grid(cfg.lambda_grid, cfg.finetune, cfg.talos_sparsity)
             normalized = bool(grid) and cfg.lambda_selection == "normalized"  # needs the fine-tuned models' scores
+            evaluate = cfg.individual or normalized
             instructions = train_instructions(cfg, epochs=cfg.budget_epochs, tatr_exemplars=exemplars,
-                                              evaluate_finetuned=cfg.individual or normalized)
+                                              evaluate_finetuned=evaluate)
             return cls(True, 1, instructions, step, grid, cfg.round_timeout, cfg.on_missing_task,
-                       cfg.lambda_selection, secure)
+                       lambda_selection=cfg.lambda_selection, secure=secure,
+                       required=required_train_metrics(cfg, evaluate))
         instructions = train_instructions(cfg, epochs=cfg.epochs_per_round, tatr_exemplars=exemplars,
                                           split=cfg.atm_finetune_split, atm=True)
+        dp_epochs = cfg.epochs_per_round if uses_dp(cfg) else 0
         return cls(False, cfg.rounds, instructions, step, (), cfg.round_timeout, cfg.on_missing_task,
-                   secure=secure)
+                   secure=secure, required=required_train_metrics(cfg, False), dp_epochs_per_round=dp_epochs)
 
     @classmethod
     def ta_start(cls, cfg: RunConfig) -> RunPlan:
@@ -97,4 +111,5 @@ class RunPlan:
 
     def round(self, round_: int) -> TrainInstructions:
         """The instructions of round ``round_`` (absolute: a resumed run continues the numbering)."""
-        return dataclasses.replace(self.instructions, seed=round_seed(self.instructions.seed, round_))
+        return dataclasses.replace(self.instructions, seed=round_seed(self.instructions.seed, round_),
+                                   dp_epochs_before=(round_ - 1) * self.dp_epochs_per_round)
