@@ -160,9 +160,11 @@ def test_unmeetable_budget_refuses_before_any_training(tiny: dict[str, Any], mon
     assert not (Path(tiny["output-dir"]) / "unmeetable" / "results.json").exists()
 
 
-def test_dp_pa_atm_end_to_end(tiny: dict[str, Any]) -> None:
+@pytest.mark.parametrize("privacy", ["dp", "secagg+dp"])
+def test_dp_pa_atm_end_to_end(tiny: dict[str, Any], privacy: str) -> None:
+    """DP-SGD on every client, with the task vectors sent in the clear (dp) or securely summed (secagg+dp)."""
     run_inprocess({**tiny, "run-name": "dp", "strategy": "pa-atm", "rounds": 2, "budget-epochs": 1,
-                   "privacy": "dp", "dp-epsilon": 4})
+                   "privacy": privacy, "dp-epsilon": 4})
     folder = Path(tiny["output-dir"]) / "dp"
     out = json.loads((folder / "results.json").read_text())
     tasks = sorted(out["pretrained"]["tasks"])
@@ -172,6 +174,7 @@ def test_dp_pa_atm_end_to_end(tiny: dict[str, Any]) -> None:
             "dp-epsilon"] <= 4
         assert first[task]["dp-noise-multiplier"] > 0 and first[task]["dp-delta"] == pytest.approx(1 / 90)
     assert out["dp_epsilon"]["round 2"] == {t: second[t]["dp-epsilon"] for t in tasks}
+    assert (out["rounds"][0]["geometry"] == {}) == (privacy == "secagg+dp")  # no single vector reached the server
     report = (folder / "report.md").read_text()
     assert "Differential privacy (DP-SGD" in report and "| round 1 |" in report.split("Differential privacy")[1]
     from safetensors.torch import load_file
