@@ -3,12 +3,16 @@ spy on the strategies' merge step. In CI (``CI=true``) a skipped test fails unle
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from testkit.ci import fail_skip_in_ci
 from testkit.merge_spy import MergeCall, spy_on_merge_step
+
+if TYPE_CHECKING:
+    from atmflow.deploy.loopback import LoopbackDeployment
 
 TINY: dict[str, Any] = {
     "train-size": 100,
@@ -36,3 +40,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """No check silently skipped in CI (see :mod:`testkit.ci`)."""
     outcome = yield
     fail_skip_in_ci(item, outcome.get_result())
+
+
+@pytest.fixture
+def deployments() -> Iterator[list[LoopbackDeployment]]:
+    """Deployments a test starts; after the test (passed or not) none of their processes may remain."""
+    started: list[LoopbackDeployment] = []
+    yield started
+    for deployment in started:
+        deployment.stop()
+        assert deployment.leftovers() == [], f"processes left running: {deployment.leftovers()}"

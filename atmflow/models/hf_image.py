@@ -32,7 +32,7 @@ import torch
 from atmflow.data.images import normalize, to_unit_rgb
 from atmflow.models.encoders import EvalModeEncoder, single_weights_file
 from atmflow.models.family import ModelFamily
-from atmflow.models.offline import hub_cache, hub_offline, local_snapshot
+from atmflow.models.offline import hub_cache, hub_offline, load_checked_weights, local_snapshot
 from atmflow.models.registry import WeightsUnavailableError
 from atmflow.paths import is_hub_id, is_local_path
 
@@ -102,23 +102,12 @@ class HFImageEncoder(EvalModeEncoder):
 def pretrained_state(model: str, cache_dir: str = "") -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under the encoder's names; a checkpoint lacking any of them is refused."""
     from transformers import AutoModel
-    from transformers.utils import logging
 
     path = model_folder(model, cache_dir)
     config = vision_config(path)
     cls = AutoModel._model_mapping[type(config)]
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # a two-tower checkpoint's text tensors are reported as unused otherwise
-    try:
-        loaded, info = cls.from_pretrained(str(path), output_loading_info=True, **_model_kwargs(config))
-    except OSError as err:
-        raise WeightsUnavailableError(f"no weights of image model {model!r} in {path}: {err}") from None
-    finally:
-        logging.set_verbosity(verbosity)
-    if info["missing_keys"]:
-        raise WeightsUnavailableError(f"the checkpoint of image model {model!r} in {path} lacks tensors "
-                                      f"{sorted(info['missing_keys'])[:5]}: incomplete or wrong weights")
-    return {f"model.{k}": v for k, v in loaded.state_dict().items()}
+    return load_checked_weights(cls.from_pretrained, path, f"image model {model!r}", WeightsUnavailableError,
+                                **_model_kwargs(config))
 
 
 @lru_cache(maxsize=4)

@@ -11,7 +11,9 @@ at once, with atmflow's message naming the command that fetches it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def hub_offline() -> None:
@@ -40,3 +42,25 @@ def local_snapshot(hub_id: str, cache_dir: str) -> Path | None:
         return Path(snapshot_download(hub_id, local_files_only=True, cache_dir=cache_dir or None))
     except LocalEntryNotFoundError:
         return None
+
+
+def load_checked_weights(load: Callable[..., tuple[Any, dict[str, list[str]]]], path: Path, what: str,
+                         error: type[Exception], **kwargs: Any) -> dict[str, Any]:
+    """The state dict (keys prefixed ``model.``) of ``load(path, output_loading_info=True, **kwargs)`` (a
+    transformers ``from_pretrained``), with its unused-tensor warnings silenced (a two-tower checkpoint's other
+    tower, an unused pooler). Raises ``error`` naming ``what`` when the folder has no weights or lacks any of
+    the model's tensors (an incomplete or wrong checkpoint)."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        loaded, info = load(str(path), output_loading_info=True, **kwargs)
+    except OSError as err:
+        raise error(f"no weights of {what} in {path}: {err}") from None
+    finally:
+        logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        raise error(f"the checkpoint of {what} in {path} lacks tensors {sorted(info['missing_keys'])[:5]}: "
+                    "incomplete or wrong weights")
+    return {f"model.{k}": v for k, v in loaded.state_dict().items()}

@@ -40,7 +40,7 @@ from torch import nn
 
 from atmflow.models.encoders import single_weights_file
 from atmflow.models.family import ModelFamily
-from atmflow.models.offline import hub_cache, hub_offline, local_snapshot
+from atmflow.models.offline import hub_cache, hub_offline, load_checked_weights, local_snapshot
 from atmflow.models.registry import WeightsUnavailableError, closest
 from atmflow.paths import is_hub_id, is_local_path
 
@@ -203,21 +203,9 @@ def pretrained_state(model: str, pretrained: str = DEFAULT_PRETRAINED, cache_dir
     """The checkpoint's tensors under the encoder's names; a checkpoint lacking any tensor is refused
     (transformers would fill it with random values)."""
     from transformers import AutoModel
-    from transformers.utils import logging
 
-    path = model_dir(model, pretrained, cache_dir)
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # the unused pooler tensors are reported otherwise
-    try:
-        loaded, info = AutoModel.from_pretrained(str(path), add_pooling_layer=False, output_loading_info=True)
-    except OSError as err:
-        raise TextWeightsUnavailableError(f"no weights of text model {model!r} in {path}: {err}") from None
-    finally:
-        logging.set_verbosity(verbosity)
-    if info["missing_keys"]:
-        raise TextWeightsUnavailableError(f"the checkpoint of text model {model!r} in {path} lacks tensors "
-                                          f"{sorted(info['missing_keys'])[:5]}...: incomplete or wrong weights")
-    return {f"model.{k}": v for k, v in loaded.state_dict().items()}
+    return load_checked_weights(AutoModel.from_pretrained, model_dir(model, pretrained, cache_dir),
+                                f"text model {model!r}", TextWeightsUnavailableError, add_pooling_layer=False)
 
 
 def pretrained_text_encoder(model: str, pretrained: str = DEFAULT_PRETRAINED, cache_dir: str = "") -> HFTextEncoder:

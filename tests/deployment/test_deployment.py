@@ -11,7 +11,6 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,16 +36,6 @@ def run_config(out: Path, name: str, extra: str = "") -> str:
 
 def results(out: Path, name: str) -> dict:
     return json.loads((out / name / "results.json").read_text())
-
-
-@pytest.fixture
-def deployments() -> Iterator[list[LoopbackDeployment]]:
-    """Deployments a test starts; after the test (passed or not) none of their processes may remain."""
-    started: list[LoopbackDeployment] = []
-    yield started
-    for deployment in started:
-        deployment.stop()
-        assert deployment.leftovers() == [], f"processes left running: {deployment.leftovers()}"
 
 
 def test_pa_atm_over_tls_with_supernode_authentication(tmp_path: Path,

@@ -6,7 +6,6 @@ each SuperNode keeps the protocol's state between them (Flower's node context)."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,6 @@ pytestmark = pytest.mark.process
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("digits", "mnist", "fashion-mnist")
-
-
-@pytest.fixture
-def deployments() -> Iterator[list[LoopbackDeployment]]:
-    """Deployments a test starts; after the test (passed or not) none of their processes may remain."""
-    started: list[LoopbackDeployment] = []
-    yield started
-    for deployment in started:
-        deployment.stop()
-        assert deployment.leftovers() == [], f"processes left running: {deployment.leftovers()}"
 
 
 def test_secagg_pa_atm_over_tls_with_supernode_authentication(tmp_path: Path,
