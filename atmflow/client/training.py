@@ -69,13 +69,16 @@ def learning_rate(instructions: TrainInstructions, step: int, total_steps: int) 
 
 
 def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, instructions: TrainInstructions,
-              device: torch.device, mask: Mask | None = None, progress: str = "fine-tuning") -> TrainStats:
+              device: torch.device, mask: Mask | None = None, progress: str = "fine-tuning",
+              on_epoch: Callable[[int], None] | None = None) -> TrainStats:
     """Fine-tune ``encoder`` in place; ``head`` stays frozen. After every epoch one INFO line through
     Flower's logger: ``<progress>: epoch e/E, steps, loss, examples/s`` (``progress`` names the phase
     and the task, e.g. ``round 2 train, task mnist``).
 
     With a TaLoS ``mask`` (:func:`atmflow.client.talos.calibrate_mask`) only the masked-in entries
     move; every other parameter stays bit-identical to its value on entry (paper 004, Eq. 8).
+    ``on_epoch(e)`` is called after epoch ``e`` (1-based), e.g. to read the weights along the way
+    (:mod:`atmflow.analyses.epoch_gradients`).
     """
     start = time.perf_counter()
     encoder.to(device).train()
@@ -85,7 +88,7 @@ def fine_tune(encoder: nn.Module, head: nn.Module, split: Split, instructions: T
         params = [p for p in encoder.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, instructions)
         steps, epoch_loss = _run_epochs(encoder, head, split, instructions, device, params, optimizer, sparse,
-                                        progress)
+                                        progress, on_epoch)
     finally:
         if sparse is not None:
             sparse.close()
@@ -118,7 +121,8 @@ def _stepper(instructions: TrainInstructions, optimizer: torch.optim.Optimizer, 
 
 def _run_epochs(encoder: nn.Module, head: nn.Module, split: Split, instructions: TrainInstructions,
                 device: torch.device, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                sparse: SparseUpdate | None, progress: str = "fine-tuning") -> tuple[int, float]:
+                sparse: SparseUpdate | None, progress: str = "fine-tuning",
+                on_epoch: Callable[[int], None] | None = None) -> tuple[int, float]:
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     n = len(split)
     total = instructions.epochs * (1 if instructions.full_batch else math.ceil(n / instructions.batch_size))
@@ -152,4 +156,6 @@ def _run_epochs(encoder: nn.Module, head: nn.Module, split: Split, instructions:
         seconds = time.perf_counter() - epoch_start
         log(INFO, "%s: epoch %d/%d, %d steps, loss %.4f, %.1f examples/s", progress, epoch + 1,
             instructions.epochs, steps - epoch_steps, epoch_loss, n / max(seconds, 1e-9))
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return steps, epoch_loss

@@ -6,11 +6,21 @@
 
 from __future__ import annotations
 
-from atmflow.studies import budget, budget_distribution, conflict, original_settings, orthogonality, privacy, talos
+from atmflow.studies import (
+    base_trajectory,
+    budget,
+    budget_distribution,
+    conflict,
+    epoch_gradients,
+    original_settings,
+    orthogonality,
+    privacy,
+    talos,
+)
 from atmflow.studies.study import Outcome, Study, run_study
 
 STUDIES: dict[str, Study] = {s.name: s for s in (budget_distribution.STUDY, budget.STUDY, original_settings.STUDY,
                                                  orthogonality.STUDY, conflict.STUDY, talos.STUDY,
-                                                 privacy.STUDY)}
+                                                 privacy.STUDY, epoch_gradients.STUDY, base_trajectory.STUDY)}
 
 __all__ = ["STUDIES", "Outcome", "Study", "run_study"]

@@ -1,6 +1,7 @@
 """Run a named study: ``python -m atmflow.studies <name> [options]``.
 
-Studies: budget-distribution, budget, original-settings, orthogonality, conflict, talos, privacy (``all``
+Studies: budget-distribution, budget, original-settings, orthogonality, conflict, talos, privacy,
+epoch-gradients, base-trajectory (``all``
 runs them in that order). Outputs go to ``<root>/<name>/`` (results.csv, report.md, figures/); every run is
 cached in ``<root>/runs/<hash>/`` and the clients' fine-tuning in ``<root>/cache/``, both shared by
 the studies of one root, so re-running computes only what is missing. Examples::
