@@ -73,10 +73,12 @@ class PlainResults:
 
 
 def check_plain(cfg: RunConfig) -> None:
-    """The plain loop does PA-ATM with full fine-tuning and exact (float32) transport; refuse anything else."""
+    """The plain loop does PA-ATM on the train split with full fine-tuning, exact transport (the task vectors as
+    computed) and no privacy mode; refuse anything else."""
     unsupported = {"strategy": (cfg.strategy, "atm"), "init": (cfg.init, "pretrained"),
-                   "finetune": (cfg.finetune, "full"), "transport-dtype": (cfg.transport_dtype, "float32"),
-                   "on-missing-task": (cfg.on_missing_task, "fail")}
+                   "atm-split": (cfg.atm_finetune_split, "train"),
+                   "finetune": (cfg.finetune, "full"), "transport-dtype": (cfg.transport_dtype, "exact"),
+                   "privacy": (cfg.privacy, "none"), "on-missing-task": (cfg.on_missing_task, "fail")}
     wrong = {k: got for k, (got, want) in unsupported.items() if got != want}
     if wrong:
         needed = ", ".join(f"{k}={want!r}" for k, (_, want) in unsupported.items())

@@ -32,7 +32,7 @@ def test_the_plain_loop_gives_the_in_process_run_bit_for_bit(tiny: dict[str, Any
 
 
 @pytest.mark.parametrize(("key", "value"), [("strategy", "oneshot"), ("finetune", "talos"),
-                                            ("transport-dtype", "bfloat16")])
+                                            ("transport-dtype", "bfloat16"), ("privacy", "secagg")])
 def test_the_plain_loop_refuses_what_it_does_not_do(tiny: dict[str, Any], key: str, value: str) -> None:
     with pytest.raises(ValueError, match=f"runs PA-ATM only .*'{key}': '{value}'"):
         plain_pa_atm(load_config({**tiny, key: value}))
