@@ -195,7 +195,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics.update(dp_metrics(budget, spent))
     if secagg.is_secure_request(msg):  # Flower's SecAgg+ mod masks the vector and removes it from the reply
         content = secagg.masked_train_reply(protocol.train_metrics_reply(task, metrics), tau,
-                                            cfg.secagg_clipping_range)
+                                            cfg.secagg_clipping_range, instructions.seed)
     elif uses_secagg(cfg.privacy):  # a plain train request under secagg: no vector leaves this node unmasked
         content = protocol.train_metrics_reply(task, metrics)
     else:

@@ -67,7 +67,7 @@ def node_app(vectors: Sequence[Mapping[str, torch.Tensor]], clipping_range: floa
         task, tau = f"node-{index}", vectors[index]
         metrics = {protocol.TRAIN_LOSS: 0.0, protocol.NUM_EXAMPLES: 1.0}
         if is_secure_request(msg):
-            content = masked_train_reply(protocol.train_metrics_reply(task, metrics), tau, clipping_range)
+            content = masked_train_reply(protocol.train_metrics_reply(task, metrics), tau, clipping_range, index)
         else:
             wire, spec = transport.encode(dict(tau), "float32")
             content = protocol.train_reply(task, ArrayRecord(wire), spec, metrics)

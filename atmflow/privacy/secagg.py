@@ -110,10 +110,16 @@ class ClippingRangeError(ValueError):
     """A task vector has an entry outside SecAgg+'s clipping range; it is not clipped silently."""
 
 
-def masked_train_reply(content: RecordDict, tau: Mapping[str, torch.Tensor], clipping_range: float) -> RecordDict:
+def masked_train_reply(content: RecordDict, tau: Mapping[str, torch.Tensor], clipping_range: float,
+                       seed: int) -> RecordDict:
     """A secure round's train reply: ``content`` (the task name and metrics, without the task vector) plus
     the task vector as Flower's legacy fit result with weight 1, which ``secaggplus_mod`` quantizes, masks
-    and removes before the reply leaves the node. Tensors go in name order (:func:`vector_order`)."""
+    and removes before the reply leaves the node. Tensors go in name order (:func:`vector_order`).
+
+    Flower's quantization rounds stochastically with numpy's global generator
+    (``flwr.common.secure_aggregation.quantization._stochastic_round``), right after this reply is returned
+    and before anything else draws from it; seeding that generator with ``seed`` (the task's seed of this
+    round) makes a secure run repeat bit for bit."""
     for key in vector_order(tau):
         peak = float(tau[key].abs().max()) if tau[key].numel() else 0.0
         if not math.isfinite(peak) or peak > clipping_range:
@@ -126,6 +132,7 @@ def masked_train_reply(content: RecordDict, tau: Mapping[str, torch.Tensor], cli
     legacy = compat.fitres_to_recorddict(fitres, keep_input=False)
     for name, record in legacy.items():
         content[name] = record
+    np.random.seed(seed % 2**32)  # Flower's quantization reads the global generator
     return content
 
 

@@ -58,7 +58,7 @@ def stand_in_app(fail: dict[str, str] | None = None) -> ClientApp:
         task = TASKS[int(context.node_config["partition-id"])]
         metrics = {protocol.TRAIN_LOSS: 0.5, protocol.NUM_EXAMPLES: 10.0}
         content = masked_train_reply(protocol.train_metrics_reply(task, metrics), task_vector(task),
-                                     SETTINGS.clipping_range)
+                                     SETTINGS.clipping_range, seed=0)
         return Message(content=content, reply_to=msg)
 
     return app
@@ -140,7 +140,7 @@ def test_below_the_threshold_no_sum_and_the_round_fails() -> None:
 def test_a_vector_outside_the_clipping_range_is_refused_not_clipped() -> None:
     tau = {"w": torch.tensor([0.5, -2.5])}
     with pytest.raises(ValueError, match="secagg-clipping-range"):
-        masked_train_reply(protocol.content(), tau, 1.0)
+        masked_train_reply(protocol.content(), tau, 1.0, seed=0)
 
 
 @pytest.mark.parametrize("merge", ["ties", "breadcrumbs", "dare", "tatr", "ties+tatr"])
@@ -165,10 +165,11 @@ def test_other_privacy_refusals() -> None:
 def test_secagg_pa_atm_matches_the_plain_run(tiny: dict[str, Any]) -> None:
     """Same seed, one round: the merged encoders differ by less than one quantization step (the step's mean
     error), the scores agree, and no reply of the secure run (the individual fine-tuning's included)
-    carries a task vector."""
+    carries a task vector. A second secure run repeats the first bit for bit (the stochastic quantization is
+    seeded)."""
     runs = {}
-    for privacy in ("none", "secagg"):
-        cfg = load_config({**tiny, "run-name": privacy, "strategy": "pa-atm", "rounds": 1, "budget-epochs": 1,
+    for name, privacy in (("none", "none"), ("secagg", "secagg"), ("secagg-again", "secagg")):
+        cfg = load_config({**tiny, "run-name": name, "strategy": "pa-atm", "rounds": 1, "budget-epochs": 1,
                            "privacy": privacy})
         grid = SpyGrid(client_app, cfg.to_run_config(), len(cfg.tasks))
         runs[privacy] = (run_experiment(grid, cfg), grid)
@@ -177,6 +178,7 @@ def test_secagg_pa_atm_matches_the_plain_run(tiny: dict[str, Any]) -> None:
     a, b = load_file(f"{out}/none/final_encoder.safetensors"), load_file(f"{out}/secagg/final_encoder.safetensors")
     step = SecAggSettings(1.0, 2**22, 0.75).step
     assert 0 < max_diff(a, b) <= step + 1e-6
+    assert max_diff(b, load_file(f"{out}/secagg-again/final_encoder.safetensors")) == 0
     assert abs(plain.rounds[0].avg_accuracy - secure.rounds[0].avg_accuracy) <= 0.05
     assert secure.rounds[0].geometry == {} and plain.rounds[0].geometry["mean_abs_cosine"] > 0
     assert sorted(secure.individual) == sorted(plain.individual)
