@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from atmflow.config import keys_with_role, load_config
 from atmflow.files import atomic_write_text
+from atmflow.threads import pin_threads
 
 log = logging.getLogger(__name__)
 PRETRAINED, INDIVIDUAL = "pretrained", "individual"
@@ -170,8 +171,9 @@ def _compute(spec: RunSpec, settings: Settings, folder: Path) -> None:
     key = folder.name
     overrides = {**spec.overrides, "seed": spec.seed, "output-dir": str(settings.runs), "run-name": key,
                  "cache-dir": str(settings.cache), "resume": True, "resume-missing": "start"}
+    cfg = load_config(overrides)
     atomic_write_text(folder / "run.json", json.dumps({"kind": spec.kind, "picks": [p.__dict__ for p in spec.picks],
-                                                       "config": load_config(overrides).to_run_config()}, indent=2))
+                                                       "config": cfg.to_run_config()}, indent=2))
     if spec.kind == "experiment":
         from atmflow.sim.local import run_inprocess
 
@@ -180,6 +182,7 @@ def _compute(spec: RunSpec, settings: Settings, folder: Path) -> None:
         probe = settings.probes.get(spec.kind)
         if probe is None:
             raise ValueError(f"run kind {spec.kind!r} has no probe; known: experiment, {sorted(settings.probes)}")
+        pin_threads(cfg.num_threads)  # as a run's clients and server do: a probe's timing and sums use num-threads
         result = probe(overrides, folder)
         atomic_write_text(folder / "results.json", json.dumps(result, indent=2))
     if not settings.keep_weights:
