@@ -14,8 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 def curves(path: Path, title: str, xlabel: str, ylabel: str,
            series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
-           hlines: Mapping[str, float] | None = None, ylim: tuple[float, float] | None = (0, 1)) -> Path:
-    """One line per series ``label -> (xs, means, sds)`` (the sd as a band), and labelled horizontal lines."""
+           hlines: Mapping[str, float] | None = None, ylim: tuple[float, float] | None = (0, 1),
+           log_x: bool = False) -> Path:
+    """One line per series ``label -> (xs, means, sds)`` (the sd as a band), and labelled horizontal lines;
+    ``log_x``: a logarithmic x axis ticked at the series' x values."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, (xs, ys, sds) in series.items():
         (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label)
@@ -25,6 +27,11 @@ def curves(path: Path, title: str, xlabel: str, ylabel: str,
     for i, (label, y) in enumerate((hlines or {}).items()):
         ax.axhline(y, linestyle=("--", ":", "-.")[i % 3], color=f"C{(i + len(series)) % 10}", label=label)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if log_x:
+        ticks = sorted({x for xs, _, _ in series.values() for x in xs})
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.minorticks_off()
     if ylim:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)

@@ -93,12 +93,16 @@ def report(table: Table, opts: Options, runs: list[RunOutput], fig_dir: Path) ->
                                                               table.values(setting(e), atm))
              for e in opts.epsilons if table.has(setting(e), "TA") and table.has(setting(e), atm)]
     if finite:
+        methods = [m for m in ("TA", atm, INDIVIDUAL) if all(table.has(setting(e), m) for e in finite)]
         series = {m: (finite, [table.mean(setting(e), m) for e in finite],
-                      [_sd(table.values(setting(e), m)) for e in finite]) for m in ("TA", atm)}
+                      [_sd(table.values(setting(e), m)) for e in finite]) for m in methods}
         plain = {f"{m}, no DP": table.mean(setting(math.inf), m) for m in ("TA", atm)
                  if table.has(setting(math.inf), m)}
+        if table.has(setting(finite[0]), PRETRAINED):
+            plain[PRETRAINED] = table.mean(setting(finite[0]), PRETRAINED)
         path = curves(fig_dir / "accuracy_per_epsilon.png", "Average test accuracy against the DP budget",
-                      "epsilon (per client, whole run)", "average test accuracy", series, plain)
+                      "epsilon (per client, whole run; log scale)", "average test accuracy", series, plain,
+                      log_x=True)
         text += ["", f"![accuracy per epsilon](figures/{path.name})"]
     for s in settings:
         text += ["", f"### {s}", "", method_table(table, s, [PRETRAINED, "TA", atm, INDIVIDUAL])]
