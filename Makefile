@@ -68,9 +68,9 @@ test: lint
 	$(PY) -m pytest -q
 
 # The quick loop while editing: the suite without the `process` tests (flwr simulation, loopback
-# deployment, Ray cluster); a few minutes on two cores.
+# deployment, Ray cluster) and the `heavy` ones (real fine-tuning runs of several seconds each).
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow and not gpu and not process"
+	$(PY) -m pytest -q -m "not slow and not gpu and not process and not heavy"
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

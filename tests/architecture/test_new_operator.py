@@ -76,6 +76,7 @@ def test_a_new_operator_is_one_module_in_the_run_config(toy: type[Rule]) -> None
         load_config({"merge": "toy-sing"})
 
 
+@pytest.mark.heavy
 def test_a_new_operator_is_one_module_in_atm(toy: type[Rule], tiny: dict[str, Any],
                                             merge_calls: list[MergeCall]) -> None:
     """Two ATM rounds in-process with the toy: the model the strategy carries into round 2 and writes

@@ -193,6 +193,7 @@ def test_pa_atm_on_a_tiny_bert(tiny_bert: str, tmp_path: Path) -> None:
     assert res.rounds[0].geometry["mean_abs_cosine"] > 0
 
 
+@pytest.mark.heavy
 def test_minilm_text_small_runs_for_real(tmp_path: Path) -> None:
     """The embedded benchmark's path with the real MiniLM-L6 and real data (kept small): the few-shot
     probe heads on pretrained features are far above chance."""

@@ -160,6 +160,7 @@ def test_unmeetable_budget_refuses_before_any_training(tiny: dict[str, Any], mon
     assert not (Path(tiny["output-dir"]) / "unmeetable" / "results.json").exists()
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("privacy", ["dp", "secagg+dp"])
 def test_dp_pa_atm_end_to_end(tiny: dict[str, Any], privacy: str) -> None:
     """DP-SGD on every client, with the task vectors sent in the clear (dp) or securely summed (secagg+dp)."""

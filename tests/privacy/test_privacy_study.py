@@ -27,6 +27,7 @@ def test_the_grid_spends_equal_budgets() -> None:
         run_study(STUDIES["privacy"], seeds=[0], root=Path("unused"), options={"epsilons": "0,4"})
 
 
+@pytest.mark.heavy
 def test_privacy_study_end_to_end(tmp_path: Path) -> None:
     outcome = run_study(STUDIES["privacy"], seeds=[0], root=tmp_path, run_config=RUN_CONFIG,
                         options={"budget": 1, "epsilons": "4,inf"})

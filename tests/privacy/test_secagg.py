@@ -162,6 +162,7 @@ def test_other_privacy_refusals() -> None:
         assert load_config({"privacy": "secagg", "strategy": strategy, "merge": merge}).privacy == "secagg"
 
 
+@pytest.mark.heavy
 def test_secagg_pa_atm_matches_the_plain_run(tiny: dict[str, Any]) -> None:
     """Same seed, one round: the merged encoders differ by less than one quantization step (the step's mean
     error), the scores agree, and no reply of the secure run (the individual fine-tuning's included)

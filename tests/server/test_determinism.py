@@ -58,6 +58,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert differing == [], f"{len(differing)} tensors differ, e.g. {differing[:3]}"
 
 
+@pytest.mark.heavy
 def test_inprocess_runs_ignore_the_environments_thread_settings(tmp_path: Path) -> None:
     ray_like = _inprocess(tmp_path / "one-thread", "1")
     shell_like = _inprocess(tmp_path / "many-threads", str(max(2, os.cpu_count() or 2)))

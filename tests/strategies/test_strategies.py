@@ -213,6 +213,7 @@ def test_failure_policy_skip_merges_the_others_and_records_it(tiny: dict[str, An
     assert "Tasks skipped in some round" in (Path(tiny["output-dir"]) / "skip" / "report.md").read_text()
 
 
+@pytest.mark.heavy
 def test_resume_after_a_crash_gives_the_uninterrupted_result(tiny: dict[str, Any]) -> None:
     overrides = {**tiny, "rounds": 3, "individual": False}
     _run(client_app, {**overrides, "run-name": "straight"})

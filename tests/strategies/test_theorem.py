@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -36,6 +37,7 @@ def total_loss_gradient(cfg_overrides: dict[str, Any]) -> dict[str, torch.Tensor
     return dict(zip([n for n, _ in encoder.named_parameters()], grads, strict=True))
 
 
+@pytest.mark.heavy
 def test_ta_after_one_full_batch_gd_epoch_is_one_gradient_step(tiny: dict[str, Any]) -> None:
     overrides = {**tiny, "run-name": "theorem", "strategy": "ta", "budget-epochs": 1, "optimizer": "sgd",
                  "lr": ETA, "weight-decay": 0.0, "full-batch": True, "batch-size": 16, "merge-lambda": LAM,

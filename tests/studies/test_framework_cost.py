@@ -16,6 +16,7 @@ from atmflow.sim.local import run_inprocess
 from atmflow.studies.framework_cost import STARTED, Measured, measure, plain_pa_atm, table
 
 
+@pytest.mark.heavy
 def test_the_plain_loop_gives_the_in_process_run_bit_for_bit(tiny: dict[str, Any]) -> None:
     config = {**tiny, "tasks": "digits,mnist", "train-size": 60, "rounds": 2, "individual": True, "budget-epochs": 1,
               "run-name": "same"}

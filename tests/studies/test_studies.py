@@ -94,6 +94,7 @@ def _csv(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.heavy
 def test_every_study_end_to_end_then_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "studies"
     for name, options in OPTIONS.items():

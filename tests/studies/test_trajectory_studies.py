@@ -67,6 +67,7 @@ def _csv(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.heavy
 def test_epoch_gradients_study_end_to_end(tmp_path: Path) -> None:
     root = tmp_path / "studies"
     assert main(["epoch-gradients", "--seeds", "0", "--root", str(root), "--run-config", RUN_CONFIG,
@@ -87,6 +88,7 @@ def test_epoch_gradients_study_end_to_end(tmp_path: Path) -> None:
     assert "| mnist |" in report and "Fig. 3a" in report and "Fig. 3b and 11" in report
 
 
+@pytest.mark.heavy
 def test_base_trajectory_study_end_to_end(tmp_path: Path) -> None:
     root = tmp_path / "studies"
     assert main(["base-trajectory", "--seeds", "0", "--root", str(root), "--run-config", RUN_CONFIG,
