@@ -7,7 +7,7 @@ trainable weights after every epoch. From them (:mod:`atmflow.analyses.trajector
 
 * the epoch gradients ``g_k = -(theta^(k) - theta^(k-1))`` (Theorem 3.1: ``eta * grad L`` for full-batch GD);
 * the normalized gradient norms ``nabla_k = ||g_k|| / sum_k' ||g_k'||`` (Section 3, Fig. 3a);
-* the pairwise cosines ``cos(g_i, g_j)`` (Fig. 3b and 11).
+* the pairwise cosines ``cos(g_i, g_j)`` (Fig. 3b and 11; a zero vector has cosine 0 with every vector).
 
 Full fine-tuning without differential privacy only: a TaLoS mask or DP-SGD noise would change what the
 epoch displacement measures.
@@ -19,13 +19,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from atmflow.analyses.trajectory import cosine_matrix, epoch_gradients, flatten, gram, normalized_norms
+from atmflow.analyses.trajectory import epoch_gradients, flatten, gram, normalized_norms, norms
 from atmflow.client.task import local_task
 from atmflow.client.training import fine_tune
 from atmflow.config import RunConfig, load_config
 from atmflow.models.family import get_family, task_seed
 from atmflow.privacy.budget import uses_dp
 from atmflow.protocol import TrainInstructions
+from atmflow.rounds.geometry import cosine_matrix
 from atmflow.strategies.plan import individual_instructions
 
 KIND = "epoch-gradients"
@@ -54,6 +55,6 @@ def _measure(cfg: RunConfig, task: str, instructions: TrainInstructions) -> dict
         fine_tune(encoder, local.head, local.data.split(instructions.split), instructions, local.device,
                   progress=f"epoch gradients, task {task}",
                   on_epoch=lambda _: snapshots.append(flatten(encoder.state_dict(), keys)))
-    grads = epoch_gradients(snapshots)
-    return {"norm": gram(grads).diagonal().sqrt().tolist(), "normalized-norm": normalized_norms(grads),
-            "cosine": cosine_matrix(grads)}
+    g = gram(epoch_gradients(snapshots))  # one pass over the weights serves every measure
+    return {"norm": norms(g).tolist(), "normalized-norm": normalized_norms(g),
+            "cosine": cosine_matrix(g).clamp(-1, 1).tolist()}

@@ -1,8 +1,9 @@
 """Geometry of a sequence of parameter vectors (paper 000, Fig. 3, 8 and 11), as pure functions.
 
-Every function works on a list of ``N`` flat vectors of one length ``D`` through their Gram matrix
-``G_ij = <x_i, x_j>`` (``N x N``, accumulated in float64 over chunks of the ``D`` coordinates), so
-that ``N`` ViT-size vectors never need a float64 copy or an ``N x D`` decomposition.
+Everything goes through the Gram matrix ``G_ij = <x_i, x_j>`` of ``N`` flat vectors of one length ``D``
+(:func:`gram`: ``N x N``, accumulated in float64 over chunks of the ``D`` coordinates, so that ``N``
+ViT-size vectors never need a float64 copy or an ``N x D`` decomposition); the norms, normalized norms
+and PCA are read from it, the cosines with :func:`atmflow.rounds.geometry.cosine_matrix`.
 """
 
 from __future__ import annotations
@@ -48,23 +49,19 @@ def epoch_gradients(snapshots: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [before - after for before, after in zip(snapshots[:-1], snapshots[1:], strict=True)]
 
 
-def normalized_norms(vectors: Sequence[torch.Tensor]) -> list[float]:
-    """Paper 000, Section 3 (Fig. 3a): ``nabla_k = ||g_k|| / sum_{k'=1..K} ||g_k'||``; they sum to 1."""
-    norms = gram(vectors).diagonal().clamp(min=0).sqrt()
-    total = float(norms.sum())
+def norms(g: torch.Tensor) -> torch.Tensor:
+    """``||x_i|| = sqrt(G_ii)`` from the Gram matrix ``g``."""
+    return g.diagonal().clamp(min=0).sqrt()
+
+
+def normalized_norms(g: torch.Tensor) -> list[float]:
+    """Paper 000, Section 3 (Fig. 3a): ``nabla_k = ||g_k|| / sum_{k'=1..K} ||g_k'||`` from the Gram matrix ``g``
+    of the epoch gradients; they sum to 1."""
+    lengths = norms(g)
+    total = float(lengths.sum())
     if total == 0:
         raise ValueError("normalized norms: every vector is zero (the weights never moved)")
-    return [float(n) / total for n in norms]
-
-
-def cosine_matrix(vectors: Sequence[torch.Tensor]) -> list[list[float]]:
-    """Paper 000, Fig. 3b and 11: ``C_ij = <g_i, g_j> / (||g_i|| ||g_j||)``; a zero vector has cosine 0 with
-    every vector (also itself)."""
-    g = gram(vectors)
-    norms = g.diagonal().clamp(min=0).sqrt()
-    scale = torch.outer(norms, norms)
-    cos = torch.where(scale > 0, g / scale.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(g))
-    return cos.clamp(-1, 1).tolist()
+    return [float(n) / total for n in lengths]
 
 
 def pca_2d(points: Sequence[torch.Tensor]) -> tuple[list[tuple[float, float]], tuple[float, float]]:

@@ -173,7 +173,7 @@ def test_secagg_pa_atm_matches_the_plain_run(tiny: dict[str, Any]) -> None:
         cfg = load_config({**tiny, "run-name": name, "strategy": "pa-atm", "rounds": 1, "budget-epochs": 1,
                            "privacy": privacy})
         grid = SpyGrid(client_app, cfg.to_run_config(), len(cfg.tasks))
-        runs[privacy] = (run_experiment(grid, cfg), grid)
+        runs[name] = (run_experiment(grid, cfg), grid)
     plain, secure = runs["none"][0], runs["secagg"][0]
     out = tiny["output-dir"]
     a, b = load_file(f"{out}/none/final_encoder.safetensors"), load_file(f"{out}/secagg/final_encoder.safetensors")

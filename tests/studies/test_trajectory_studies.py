@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from atmflow.analyses import trajectory
-from atmflow.analyses.trajectory import cosine_matrix, epoch_gradients, gram, normalized_norms, pca_2d
+from atmflow.analyses.trajectory import epoch_gradients, gram, normalized_norms, pca_2d
+from atmflow.rounds.geometry import cosine_matrix
 from atmflow.studies.__main__ import main
 
 # 2 tasks, 60 training images, 1-3 epochs: seconds per study on a CPU
@@ -33,17 +34,17 @@ def test_epoch_gradients_norms_and_cosines_by_hand(monkeypatch: pytest.MonkeyPat
     """theta^(0..2) = (0,0), (-3,-4), (-3,-9): g_1 = (3,4), g_2 = (0,5); norms 5 and 5, cos = 20/25."""
     grads = epoch_gradients([_t(0, 0), _t(-3, -4), _t(-3, -9)])
     assert [g.tolist() for g in grads] == [[3, 4], [0, 5]]
-    assert normalized_norms(grads) == pytest.approx([0.5, 0.5])
-    _close(cosine_matrix(grads), [[1, 0.8], [0.8, 1]])
-    assert normalized_norms([_t(3, 4), _t(0, 0), _t(0, 15)]) == pytest.approx([0.25, 0, 0.75])
-    _close(cosine_matrix([_t(1, 0), _t(0, 0), _t(-2, 0)]), [[1, 0, -1], [0, 0, 0], [-1, 0, 1]])
+    assert normalized_norms(gram(grads)) == pytest.approx([0.5, 0.5])
+    _close(cosine_matrix(gram(grads)).tolist(), [[1, 0.8], [0.8, 1]])
+    assert normalized_norms(gram([_t(3, 4), _t(0, 0), _t(0, 15)])) == pytest.approx([0.25, 0, 0.75])
+    _close(cosine_matrix(gram([_t(1, 0), _t(0, 0), _t(-2, 0)])).tolist(), [[1, 0, -1], [0, 0, 0], [-1, 0, 1]])
     monkeypatch.setattr(trajectory, "CHUNK", 3)  # the chunked Gram matrix equals the direct one
     x = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
     _close(gram(list(x)).tolist(), (x.double() @ x.double().T).tolist())
     with pytest.raises(ValueError, match="at least one epoch"):
         epoch_gradients([_t(0, 0)])
     with pytest.raises(ValueError, match="never moved"):
-        normalized_norms([_t(0, 0)])
+        normalized_norms(gram([_t(0, 0)]))
 
 
 def test_pca_of_known_points() -> None:
@@ -67,13 +68,18 @@ def _csv(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
+def _run_study(root: Path, study: str, options: str, figures: set[str]) -> Path:
+    """Run ``study`` on the tiny subset through the command line; its output folder, with exactly ``figures``."""
+    assert main([study, "--seeds", "0", "--root", str(root), "--run-config", RUN_CONFIG, "--options", options]) == 0
+    out = root / study
+    assert {p.name for p in (out / "figures").glob("*.png")} == figures
+    return out
+
+
 @pytest.mark.heavy
 def test_epoch_gradients_study_end_to_end(tmp_path: Path) -> None:
-    root = tmp_path / "studies"
-    assert main(["epoch-gradients", "--seeds", "0", "--root", str(root), "--run-config", RUN_CONFIG,
-                 "--options", "norm-epochs=2 cosine-epochs=3"]) == 0
-    out = root / "epoch-gradients"
-    assert {p.name for p in (out / "figures").glob("*.png")} == {"normalized_norms.png", "cosine_heatmaps.png"}
+    out = _run_study(tmp_path / "studies", "epoch-gradients", "norm-epochs=2 cosine-epochs=3",
+                     {"normalized_norms.png", "cosine_heatmaps.png"})
     rows = _csv(out / "results.csv")
     for task in ("mnist", "digits"):
         shares = [float(r["value"]) for r in rows if r["task"] == task and r["setting"] == "2 epochs"
@@ -91,10 +97,7 @@ def test_epoch_gradients_study_end_to_end(tmp_path: Path) -> None:
 @pytest.mark.heavy
 def test_base_trajectory_study_end_to_end(tmp_path: Path) -> None:
     root = tmp_path / "studies"
-    assert main(["base-trajectory", "--seeds", "0", "--root", str(root), "--run-config", RUN_CONFIG,
-                 "--options", "rounds=2"]) == 0
-    out = root / "base-trajectory"
-    assert {p.name for p in (out / "figures").glob("*.png")} == {"pca_trajectory.png"}
+    out = _run_study(root, "base-trajectory", "rounds=2", {"pca_trajectory.png"})
     (run,) = {r["run"] for r in _csv(out / "results.csv")}
     results = json.loads((root / "runs" / run / "results.json").read_text())
     labels = [p["label"] for p in results["points"]]
