@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported when the analysis runs, so that the CLI starts fast
     import torch
 
+KIND = "disentanglement"  # the talos study's probe
+
 
 def grid_values(points: int, limit: float = 3.0) -> list[float]:
     """``points`` equispaced values in ``[-limit, limit]``."""
@@ -89,9 +91,31 @@ def predictor(tv: Any, tasks: list[str], examples: int) -> Any:
     return predict
 
 
-def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+def measure(tv: Any, tasks: list[str], grid: int, limit: float, examples: int) -> dict[str, Any]:
+    """xi over a ``grid`` x ``grid`` grid in ``[-limit, limit]^2`` for the task pair ``tasks`` of ``tv``
+    (:class:`~atmflow.analyses.finetuned.TaskVectors`; two of its tasks: the callers check), on ``examples``
+    test points per task."""
+    alphas = grid_values(grid, limit)
+    xi = disentanglement_error(predictor(tv, tasks, examples), tv.vectors[tasks[0]], tv.vectors[tasks[1]], alphas)
+    return {"tasks": list(tasks), "alphas": alphas, "xi": xi.tolist(), "mean_xi": float(xi.mean())}
+
+
+def run_probe(overrides: dict[str, Any], folder: Path, tasks: list[str], grid: int, limit: float,
+              examples: int) -> dict[str, Any]:
+    """The ``talos`` study's disentanglement probe: :func:`measure` on the run's task vectors (the clients'
+    cache of the study's TA run)."""
+    from atmflow.analyses.finetuned import finetuned_task_vectors
+    from atmflow.config import load_config
+
+    cfg = load_config(overrides)
+    return {"kind": KIND, "config": cfg.to_run_config(),
+            **measure(finetuned_task_vectors(cfg), list(tasks), grid, limit, examples)}
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path,
+         title: str = "weight-disentanglement error xi (lighter = more disentangled)") -> None:
+    """One heatmap of ``xi`` per fine-tuning mode (``results``: mode -> :func:`measure`'s result)."""
     import matplotlib
-    import torch
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,12 +123,13 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
     for ax, (mode, r) in zip(axes[0], results.items(), strict=True):
         a = r["alphas"]
-        image = ax.imshow(torch.tensor(r["xi"]).T, origin="lower", extent=(a[0], a[-1], a[0], a[-1]),
+        transposed = [list(column) for column in zip(*r["xi"], strict=True)]  # rows: alpha_2, for origin="lower"
+        image = ax.imshow(transposed, origin="lower", extent=(a[0], a[-1], a[0], a[-1]),
                           vmin=0, vmax=2, cmap="viridis_r")
         ax.set(title=f"{mode}: mean xi {r['mean_xi']:.3f}", xlabel=f"alpha_1 ({r['tasks'][0]})",
                ylabel=f"alpha_2 ({r['tasks'][1]})")
         fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.suptitle("weight-disentanglement error xi (lighter = more disentangled)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -120,11 +145,7 @@ def run(args: argparse.Namespace) -> int:
         tasks = list(args.tasks or cfg.tasks[:2])
         if len(tasks) != 2 or any(t not in cfg.tasks for t in tasks):
             raise SystemExit(f"--tasks needs two of the run's tasks {list(cfg.tasks)}, got {tasks}")
-        tv = finetuned_task_vectors(cfg)
-        alphas = grid_values(args.grid, args.limit)
-        xi = disentanglement_error(predictor(tv, tasks, args.examples), tv.vectors[tasks[0]],
-                                   tv.vectors[tasks[1]], alphas)
-        results[mode] = {"tasks": tasks, "alphas": alphas, "xi": xi.tolist(), "mean_xi": float(xi.mean())}
+        results[mode] = measure(finetuned_task_vectors(cfg), tasks, args.grid, args.limit, args.examples)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "disentanglement.json").write_text(json.dumps(results, indent=2))

@@ -24,6 +24,7 @@ from typing import Any
 from atmflow.config import COEFFICIENT_GRID, coefficient_grid
 
 CONTROL_KEEP = 0.95
+KIND = "negation"  # the talos study's probe
 
 
 def choose_alpha(curve: list[dict[str, float]], control_floor: float) -> dict[str, float]:
@@ -55,6 +56,22 @@ def negate(tv: Any, target: str, control: str) -> dict[str, Any]:
             "validation_curve": curve}
 
 
+def negate_all(tv: Any, control: str) -> list[dict[str, Any]]:
+    """:func:`negate` for every task but ``control`` (one of the run's tasks: the callers check)."""
+    return [negate(tv, t, control) for t in tv.cfg.tasks if t != control]
+
+
+def run_probe(overrides: dict[str, Any], folder: Path, control: str) -> dict[str, Any]:
+    """The ``talos`` study's negation probe: :func:`negate_all` on the run's task vectors (the clients' cache
+    of the study's TA run)."""
+    from atmflow.analyses.finetuned import finetuned_task_vectors
+    from atmflow.config import load_config
+
+    cfg = load_config(overrides)
+    return {"kind": KIND, "config": cfg.to_run_config(), "control": control,
+            "targets": negate_all(finetuned_task_vectors(cfg), control)}
+
+
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
     lines = ["| fine-tuning | target | alpha | target acc. pretrained -> negated | "
              "control acc. pretrained -> negated (control task) |", "|---|---|---:|---|---|"]
@@ -78,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = analysis_config(args, mode)
         if args.control not in cfg.tasks:
             raise SystemExit(f"--control {args.control!r} is not one of the run's tasks {list(cfg.tasks)}")
-        tv = finetuned_task_vectors(cfg)
-        results[mode] = [negate(tv, t, args.control) for t in cfg.tasks if t != args.control]
+        results[mode] = negate_all(finetuned_task_vectors(cfg), args.control)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "negation.json").write_text(json.dumps(results, indent=2))

@@ -53,12 +53,15 @@ class Pick:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of a study: ``kind`` is ``experiment`` (a full atmflow run) or a study's own probe."""
+    """One run of a study: ``kind`` is ``experiment`` (a full atmflow run) or a study's own probe, called
+    with ``params`` as keyword arguments (settings of the probe that are not run-config keys, e.g. a grid
+    size; they are part of the run's key)."""
 
     seed: int
     overrides: Mapping[str, Any]
     picks: tuple[Pick, ...]
     kind: str = "experiment"
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def config(self) -> dict[str, Any]:
         return load_config({**self.overrides, "seed": self.seed}).to_run_config()
@@ -66,7 +69,8 @@ class RunSpec:
     def key(self) -> str:
         outcome = keys_with_role("outcome")
         hashed = {k: v for k, v in self.config().items() if k in outcome}
-        text = json.dumps({"kind": self.kind, "config": hashed}, sort_keys=True)
+        content = {"kind": self.kind, "config": hashed, **({"params": dict(self.params)} if self.params else {})}
+        text = json.dumps(content, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def cost(self) -> int:
@@ -96,7 +100,7 @@ class Settings:
     cache: Path
     workers: int = 1
     keep_weights: bool = False
-    probes: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = field(default_factory=dict)
+    probes: dict[str, Callable[..., dict[str, Any]]] = field(default_factory=dict)
 
 
 def run_complete(folder: Path, kind: str) -> bool:
@@ -173,7 +177,8 @@ def _compute(spec: RunSpec, settings: Settings, folder: Path) -> None:
                  "cache-dir": str(settings.cache), "resume": True, "resume-missing": "start"}
     cfg = load_config(overrides)
     atomic_write_text(folder / "run.json", json.dumps({"kind": spec.kind, "picks": [p.__dict__ for p in spec.picks],
-                                                       "config": cfg.to_run_config()}, indent=2))
+                                                       "params": dict(spec.params), "config": cfg.to_run_config()},
+                                                      indent=2))
     if spec.kind == "experiment":
         from atmflow.sim.local import run_inprocess
 
@@ -183,7 +188,7 @@ def _compute(spec: RunSpec, settings: Settings, folder: Path) -> None:
         if probe is None:
             raise ValueError(f"run kind {spec.kind!r} has no probe; known: experiment, {sorted(settings.probes)}")
         pin_threads(cfg.num_threads)  # as a run's clients and server do: a probe's timing and sums use num-threads
-        result = probe(overrides, folder)
+        result = probe(overrides, folder, **spec.params)
         atomic_write_text(folder / "results.json", json.dumps(result, indent=2))
     if not settings.keep_weights:
         for weights in folder.glob("*.safetensors"):

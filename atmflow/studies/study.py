@@ -56,7 +56,8 @@ RunOutput = tuple[RunSpec, Path, dict[str, Any]]
 class Study:
     """``plan(options, base overrides, seeds)`` lists the runs; ``report(table, options, runs, figures
     folder)`` returns the Markdown body; ``rows`` turns a probe's results into rows (experiments use
-    :func:`experiment_rows`); ``probes`` maps a run kind to the function that computes it."""
+    :func:`experiment_rows`); ``probes`` maps a run kind to the function that computes it:
+    ``probe(overrides, folder, **spec.params)``."""
 
     name: str
     title: str
@@ -64,7 +65,7 @@ class Study:
     plan: Callable[[Any, dict[str, Any], Sequence[int]], list[RunSpec]]
     report: Callable[[Table, Any, list[RunOutput], Path], str]
     rows: Callable[[str, RunSpec, Path, dict[str, Any]], list[Row]] = experiment_rows
-    probes: Mapping[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = field(default_factory=dict)
+    probes: Mapping[str, Callable[..., dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass

@@ -59,6 +59,15 @@ def test_bad_study_options_are_named(tmp_path: Path) -> None:
         run_study(STUDIES["budget-distribution"], seeds=[0], root=tmp_path, options={"distributions": "1x10,2x4"})
     with pytest.raises(ConfigError, match="unknown one-shot method"):
         run_study(STUDIES["original-settings"], seeds=[0], root=tmp_path, options={"methods": "TA,ZIP"})
+    # the talos study's analyses name tasks of the run: checked before any work starts
+    two_tasks = {"tasks": "mnist,digits"}
+    with pytest.raises(ConfigError, match=r"negation-control: \['animal-mnist'\] is not among the run's tasks"):
+        run_study(STUDIES["talos"], seeds=[0], root=tmp_path, run_config=two_tasks,
+                  options={"disentanglement-tasks": "mnist,digits"})
+    with pytest.raises(ConfigError, match="disentanglement-tasks.*two different tasks"):
+        run_study(STUDIES["talos"], seeds=[0], root=tmp_path, options={"disentanglement-tasks": "mnist"})
+    with pytest.raises(ConfigError, match="disentanglement-grid"):
+        run_study(STUDIES["talos"], seeds=[0], root=tmp_path, options={"disentanglement-grid": 1})
 
 
 def test_compare_reports_differences_within_the_spread() -> None:
@@ -77,7 +86,8 @@ OPTIONS = {
     "original-settings": "budget=2 long-rounds=3 methods='TA,TATR'",
     "orthogonality": "rounds=2 budget=2",
     "conflict": "budget=2",
-    "talos": "budget=2",
+    "talos": "budget=2 negation-control='digits' disentanglement-tasks='mnist,digits' disentanglement-grid=3 "
+             "disentanglement-examples=8",
 }
 FIGURES = {
     "budget-distribution": {"accuracy_per_distribution.png", "accuracy_per_round.png", "radar.png"},
@@ -85,7 +95,7 @@ FIGURES = {
     "original-settings": {"radar.png", "accuracy_per_round.png"},
     "orthogonality": {"cosine_per_iteration.png", "cosine_heatmaps.png"},
     "conflict": {"conflict_heatmaps.png"},
-    "talos": set(),
+    "talos": {"disentanglement.png"},
 }
 
 
@@ -140,6 +150,12 @@ def test_every_study_end_to_end_then_cached(tmp_path: Path, monkeypatch: pytest.
     assert {(r["setting"], r["method"]) for r in talos if r["metric"] == "s-per-step"} == {
         (mode, method) for mode in ("full", "talos") for method in ("TA", "PA-ATM2")}
     assert {r["setting"] for r in talos if r["metric"] == "calibration-s"} == {"talos"}
+    negated = {(r["setting"], r["task"]) for r in talos if r["method"] == "negation" and r["metric"] == "alpha"}
+    assert negated == {("full", "mnist"), ("talos", "mnist")}  # every task but the control
+    xi = [float(r["value"]) for r in talos if r["metric"] == "mean-xi"]
+    assert len(xi) == 2 and all(0 <= v <= 2 for v in xi)
+    talos_report = (root / "talos" / "report.md").read_text()
+    assert "## Task negation" in talos_report and "## Weight-disentanglement error" in talos_report
     cos = _csv(root / "orthogonality" / "results.csv")
     assert {r["setting"] for r in cos if r["metric"] == "mean-abs-cosine"} == {"iteration 1", "iteration 2", "2 epochs"}
 
@@ -149,6 +165,8 @@ def test_every_study_end_to_end_then_cached(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr("atmflow.sim.local.run_inprocess", fail)
     monkeypatch.setitem(STUDIES["conflict"].probes, "conflict", fail)
+    for kind in ("negation", "disentanglement"):
+        monkeypatch.setitem(STUDIES["talos"].probes, kind, fail)
     for name, options in OPTIONS.items():
         before = (root / name / "results.csv").read_text()
         outcome = run_study(STUDIES[name], seeds=[0], root=root, run_config=_parse(RUN_CONFIG), options=_parse(options))
