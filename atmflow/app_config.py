@@ -21,19 +21,20 @@ def app_defaults(project: Path) -> dict[str, object]:
         return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
 
 
-def parse_overrides(text: str) -> dict[str, object]:
+def parse_overrides(text: str, flag: str = "--run-config") -> dict[str, object]:
     """Parse ``flwr run``'s ``--run-config``, with Flower's own parser: space-separated ``key=value``
-    (values in TOML), or the path of a ``.toml`` file whose (flattened) tables are the overrides."""
+    (values in TOML), or the path of a ``.toml`` file whose (flattened) tables are the overrides. ``flag``
+    names the option in errors (the studies' ``--options`` use the same syntax)."""
     import click
     from flwr.common.config import parse_config_args
 
     if text.strip().endswith(".toml") and not Path(text.strip()).expanduser().is_file():
-        raise ConfigError(f"--run-config file {text.strip()!r} not found")
+        raise ConfigError(f"{flag} file {text.strip()!r} not found")
     try:
         return dict(parse_config_args([text.strip()] if text.strip() else None))
     except (click.ClickException, ValueError, tomllib.TOMLDecodeError) as err:
         why = err.format_message() if isinstance(err, click.ClickException) else str(err)
-        raise ConfigError(f"cannot parse --run-config {text!r}: {why} (strings need quotes: key='text')") from None
+        raise ConfigError(f"cannot parse {flag} {text!r}: {why} (strings need quotes: key='text')") from None
 
 
 APP_RELATIVE_KEYS = ("task-file", "output-dir")  # relative values are relative to the app folder

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--options and --out name one study's options and folder: give a study name, not 'all'")
     command = "python -m atmflow.studies " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
-        run_config, options = parse_overrides(args.run_config), parse_overrides(args.options)
+        run_config, options = parse_overrides(args.run_config), parse_overrides(args.options, "--options")
         for name in names:
             outcome = run_study(STUDIES[name], seeds=args.seeds, root=Path(args.root),
                                 out=Path(args.out) if args.out else None, run_config=run_config, options=options,

@@ -70,6 +70,12 @@ def test_bad_study_options_are_named(tmp_path: Path) -> None:
         run_study(STUDIES["talos"], seeds=[0], root=tmp_path, options={"disentanglement-grid": 1})
 
 
+def test_an_unparseable_option_string_names_the_options_flag(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["talos", "--root", str(tmp_path), "--options", "modes=talos"]) == 2  # a string needs quotes
+    assert "cannot parse --options 'modes=talos'" in capsys.readouterr().err
+
+
 def test_compare_reports_differences_within_the_spread() -> None:
     assert "within the seed spread" in compare("A", [0.80, 0.90, 0.85], "B", [0.84, 0.86, 0.83])
     assert "larger than the seed spread" in compare("A", [0.90, 0.91, 0.92], "B", [0.80, 0.81, 0.79])
