@@ -104,7 +104,7 @@ def plan(opts: Options, base: dict[str, Any], seeds: Sequence[int]) -> list[RunS
 
 
 def rows(study: str, spec: RunSpec, folder: Path, results: dict[str, Any]) -> list[Row]:
-    """A probe's rows (:func:`_negation_rows`, :func:`_disentanglement_rows`), or an experiment's:
+    """A probe's rows (negation: :func:`_negation_rows`; disentanglement: its mean xi), or an experiment's:
     :func:`~atmflow.studies.runner.experiment_rows`, plus the costs of the run's method row: MB one client
     sends per round, seconds per fine-tuning step and seconds of TaLoS calibration per train message."""
     if spec.kind == negation.KIND:
