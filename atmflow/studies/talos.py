@@ -171,6 +171,7 @@ def _negation_report(table: Table, opts: Options) -> list[str]:
 
 
 def _disentanglement_report(table: Table, opts: Options, runs: list[RunOutput], fig_dir: Path) -> list[str]:
+    """Mean xi per mode over seeds, and one heatmap per mode of the seed-averaged xi matrix."""
     per_mode: dict[str, list[dict[str, Any]]] = {}
     for spec, _, results in runs:
         if spec.kind == disentanglement.KIND:
@@ -189,9 +190,9 @@ def _disentanglement_report(table: Table, opts: Options, runs: list[RunOutput], 
         text += ["- " + compare("TaLoS", table.values("talos", "disentanglement", "avg", "mean-xi"),
                                 "full", table.values("full", "disentanglement", "avg", "mean-xi")), ""]
     mean_maps = {}
-    for mode, results in per_mode.items():
-        xi = [[statistics.fmean(r["xi"][i][j] for r in results) for j in range(len(results[0]["alphas"]))]
-              for i in range(len(results[0]["alphas"]))]
+    for mode, results in per_mode.items():  # the seeds' xi matrices, averaged cell by cell
+        xi = [[statistics.fmean(cell) for cell in zip(*rows, strict=True)]
+              for rows in zip(*(r["xi"] for r in results), strict=True)]
         mean_maps[mode] = {"tasks": results[0]["tasks"], "alphas": results[0]["alphas"], "xi": xi,
                            "mean_xi": statistics.fmean(v for line in xi for v in line)}
     fig_dir.mkdir(parents=True, exist_ok=True)
